@@ -1,0 +1,64 @@
+"""Named errors. Each says what was wrong and how to fix it.
+
+All of them derive from :class:`RefdnsError`; the data and config errors also derive from
+``ValueError`` so that callers who catch the builtin keep working.
+"""
+
+from __future__ import annotations
+
+
+class RefdnsError(Exception):
+    """Base class of every error refdns raises on purpose."""
+
+
+class ConfigError(RefdnsError, ValueError):
+    """A setting is out of range, of the wrong type, or unknown."""
+
+
+class DataError(RefdnsError, ValueError):
+    """A dataset file is missing, corrupt or not what it claims to be."""
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
+    """No copy of a dataset file could be found or downloaded."""
+
+
+class ChecksumError(DataError):
+    """A dataset file's SHA-256 does not match the published original's."""
+
+
+class CorruptFileError(DataError):
+    """A file is truncated or its compression is damaged."""
+
+
+class IDXFormatError(DataError):
+    """An IDX file's header (magic number, dimensions) does not match its payload."""
+
+
+class DownloadError(DataError):
+    """Every mirror failed to deliver a dataset file."""
+
+
+class CheckpointError(RefdnsError, ValueError):
+    """A checkpoint file cannot be read or does not match the expected schema."""
+
+
+class NonFiniteError(RefdnsError, FloatingPointError):
+    """A loss, gradient or parameter became NaN or Inf during a run.
+
+    Carries ``step`` and ``where`` (layer or tensor name) so the failing place is known.
+    """
+
+    def __init__(self, message: str, *, step: int | None = None, where: str | None = None):
+        super().__init__(message)
+        self.step = step
+        self.where = where
+
+
+class SingularHessianError(RefdnsError, ArithmeticError):
+    """A Hessian (or its inverse) is singular or too ill-conditioned to use without damping."""
+
+    def __init__(self, message: str, *, layer: str | None = None, step: int | None = None):
+        super().__init__(message)
+        self.layer = layer
+        self.step = step

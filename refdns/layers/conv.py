@@ -1,0 +1,218 @@
+"""2-D convolution (cross-correlation, as Caffe's Convolution layer), NCHW, zero padding, any stride.
+
+Forward is im2col followed by one matrix product; backward is two matrix products and a col2im that
+adds strided slices back, one slice per kernel offset (KH * KW NumPy operations, none per sample or pixel).
+
+Two column layouts compute the same thing; they differ in which product BLAS sees and in how long the
+contiguous runs of the im2col/col2im slice copies are:
+
+- ``"batch_first"``: columns ``(N, C*KH*KW, OH*OW)``, one product per sample; the output comes out NCHW
+  with no transpose. Wins when each sample's product is wide (many output pixels, e.g. LeNet-5 conv1).
+- ``"batch_last"``: columns ``(C*KH*KW, OH*OW*N)``, one large product for the whole batch; the batch is the
+  innermost axis, so slice copies run over ``OW * N`` contiguous numbers instead of ``OW``. Costs two
+  transposes (input and output) but wins when the output maps are small (e.g. LeNet-5 conv2: 8x8).
+
+``layout="auto"`` picks by the rule in :func:`_auto_layout`; results agree to rounding.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_LAYOUTS = ("auto", "batch_first", "batch_last")
+
+
+class Conv2dCache(NamedTuple):
+    """What :func:`conv2d_backward` needs. ``cols`` is the im2col matrix of the padded input."""
+
+    cols: np.ndarray  # (N, C*KH*KW, OH*OW) batch_first, or (C*KH*KW, OH*OW*N) batch_last
+    w: np.ndarray  # (F, C, KH, KW)
+    x_shape: tuple[int, int, int, int]
+    stride: int
+    pad: int
+    layout: str
+
+
+def _check_array(name: str, a: object, ndim: int) -> None:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in _FLOATS:
+        raise TypeError(f"{name}.dtype={a.dtype}: expected float32 or float64")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}.shape={a.shape}: expected {ndim} dimensions, got {a.ndim}")
+
+
+def _check_int(name: str, v: object, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}={v!r}: expected an int >= {minimum}")
+    if v < minimum:
+        raise ValueError(f"{name}={v!r}: expected an int >= {minimum}")
+    return int(v)
+
+
+def _auto_layout(C: int, KH: int, KW: int, OH: int, OW: int) -> str:
+    # Per-sample products (F x CKK) @ (CKK x P) keep BLAS busy only while P is large against CKK; measured
+    # on LeNet-5 shapes (conv1: P=576, CKK=25 -> batch_first; conv2: P=64, CKK=500 -> batch_last).
+    return "batch_first" if OH * OW >= 2 * C * KH * KW else "batch_last"
+
+
+def conv2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray,
+    *,
+    stride: int = 1,
+    pad: int = 0,
+    layout: str = "auto",
+) -> tuple[np.ndarray, Conv2dCache]:
+    """Cross-correlation ``out[n, f] = sum_c x_pad[n, c] (*) w[f, c] + b[f]`` sampled every ``stride`` pixels.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), float32 or float64
+        Batch of input maps.
+    w : ndarray, shape (F, C, KH, KW), same dtype as x
+        Filters in Caffe layout; nets pass the effective weight ``w * mask``.
+    b : ndarray, shape (F,), same dtype as x
+        Bias.
+    stride : int, default 1
+        Step between output pixels, >= 1 (same in both directions).
+    pad : int, default 0
+        Zeros added on every side of each map, >= 0.
+    layout : {"auto", "batch_first", "batch_last"}, default "auto"
+        Internal column layout (speed only, see the module docstring).
+
+    Returns
+    -------
+    out : ndarray, shape (N, F, OH, OW), dtype of x, C-contiguous
+        ``OH = (H + 2*pad - KH) // stride + 1``, likewise OW (floor, as Caffe).
+    cache : Conv2dCache
+        Holds the im2col matrix (a new array) and a reference to ``w``.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type or dtype, or the dtypes differ.
+    ValueError
+        If the shapes do not fit together or the kernel is larger than the padded input.
+    """
+    _check_array("x", x, 4)
+    _check_array("w", w, 4)
+    _check_array("b", b, 1)
+    stride = _check_int("stride", stride, 1)
+    pad = _check_int("pad", pad, 0)
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout={layout!r}: expected one of {_LAYOUTS}")
+    N, C, H, W = x.shape
+    F, Cw, KH, KW = w.shape
+    if Cw != C:
+        raise ValueError(f"w.shape={w.shape}: expected (F, {C}, KH, KW) to match x.shape={x.shape}")
+    if b.shape != (F,):
+        raise ValueError(f"b.shape={b.shape}: expected ({F},) to match w.shape={w.shape}")
+    if w.dtype != x.dtype:
+        raise TypeError(f"w.dtype={w.dtype}: expected {x.dtype} to match x (no silent promotion)")
+    if b.dtype != x.dtype:
+        raise TypeError(f"b.dtype={b.dtype}: expected {x.dtype} to match x (no silent promotion)")
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    if KH > Hp or KW > Wp or KH == 0 or KW == 0:
+        raise ValueError(f"w.shape={w.shape}: kernel must be non-empty and fit the padded input {Hp}x{Wp}")
+    OH = (Hp - KH) // stride + 1
+    OW = (Wp - KW) // stride + 1
+    if layout == "auto":
+        layout = _auto_layout(C, KH, KW, OH, OW)
+    he = stride * (OH - 1) + 1  # extent of one kernel offset's slice of rows
+    we = stride * (OW - 1) + 1
+    w2 = w.reshape(F, C * KH * KW)
+    if layout == "batch_first":
+        if pad:
+            xp = np.zeros((N, C, Hp, Wp), dtype=x.dtype)
+            xp[:, :, pad : pad + H, pad : pad + W] = x
+        else:
+            xp = x
+        cols = np.empty((N, C, KH, KW, OH, OW), dtype=x.dtype)
+        for i in range(KH):
+            for j in range(KW):
+                cols[:, :, i, j] = xp[:, :, i : i + he : stride, j : j + we : stride]
+        cols = cols.reshape(N, C * KH * KW, OH * OW)
+        out = np.matmul(w2, cols)  # (N, F, OH*OW)
+        out += b[:, None]
+        out = out.reshape(N, F, OH, OW)
+    else:
+        xt = np.zeros((C, Hp, Wp, N), dtype=x.dtype)  # batch innermost
+        xt[:, pad : pad + H, pad : pad + W, :] = x.transpose(1, 2, 3, 0)
+        cols = np.empty((C, KH, KW, OH, OW, N), dtype=x.dtype)
+        for i in range(KH):
+            for j in range(KW):
+                cols[:, i, j] = xt[:, i : i + he : stride, j : j + we : stride, :]
+        cols = cols.reshape(C * KH * KW, OH * OW * N)
+        out_t = w2 @ cols  # (F, OH*OW*N)
+        # A 2-D transpose copy is several times faster in NumPy than the equivalent 4-D one.
+        out = np.ascontiguousarray(out_t.reshape(F * OH * OW, N).T).reshape(N, F, OH, OW)
+        out += b[:, None, None]
+    return out, Conv2dCache(cols, w, (N, C, H, W), stride, pad, layout)
+
+
+def conv2d_backward(
+    dout: np.ndarray, cache: Conv2dCache, *, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of the loss with respect to the inputs of :func:`conv2d_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, F, OH, OW), dtype of the forward input
+        dL/dout.
+    cache : Conv2dCache
+        From the matching :func:`conv2d_forward` call.
+    need_dx : bool, default True
+        If False, skip the column gradient and col2im and return ``None`` for ``dx`` (first layer).
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W), or None
+    dw : ndarray, shape (F, C, KH, KW)
+    db : ndarray, shape (F,)
+    """
+    cols, w, (N, C, H, W), stride, pad, layout = cache
+    F, _, KH, KW = w.shape
+    OH = (H + 2 * pad - KH) // stride + 1
+    OW = (W + 2 * pad - KW) // stride + 1
+    if not isinstance(dout, np.ndarray):
+        raise TypeError(f"dout: expected a numpy.ndarray, got {type(dout).__name__}")
+    if dout.shape != (N, F, OH, OW):
+        raise ValueError(f"dout.shape={dout.shape}: expected {(N, F, OH, OW)}, the forward output")
+    if dout.dtype != cols.dtype:
+        raise TypeError(f"dout.dtype={dout.dtype}: expected {cols.dtype}, the forward dtype")
+    he = stride * (OH - 1) + 1
+    we = stride * (OW - 1) + 1
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    w2 = w.reshape(F, C * KH * KW)
+    db = dout.sum(axis=(0, 2, 3))
+    if layout == "batch_first":
+        d = dout.reshape(N, F, OH * OW)
+        dw = np.matmul(d, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # sum_n (F, CKK)
+        if not need_dx:
+            return None, dw, db
+        dcols = np.matmul(w2.T, d).reshape(N, C, KH, KW, OH, OW)
+        dxp = np.zeros((N, C, Hp, Wp), dtype=dout.dtype)
+        for i in range(KH):
+            for j in range(KW):
+                dxp[:, :, i : i + he : stride, j : j + we : stride] += dcols[:, :, i, j]
+        dx = np.ascontiguousarray(dxp[:, :, pad : pad + H, pad : pad + W]) if pad else dxp
+    else:
+        dt = np.ascontiguousarray(dout.reshape(N, F * OH * OW).T).reshape(F, OH * OW * N)
+        dw = (dt @ cols.T).reshape(w.shape)
+        if not need_dx:
+            return None, dw, db
+        dcols = (w2.T @ dt).reshape(C, KH, KW, OH, OW, N)
+        dxt = np.zeros((C, Hp, Wp, N), dtype=dout.dtype)
+        for i in range(KH):
+            for j in range(KW):
+                dxt[:, i : i + he : stride, j : j + we : stride, :] += dcols[:, i, j]
+        if pad:
+            dx = np.ascontiguousarray(dxt[:, pad : pad + H, pad : pad + W, :].transpose(3, 0, 1, 2))
+        else:
+            dx = np.ascontiguousarray(dxt.reshape(C * H * W, N).T).reshape(N, C, H, W)
+    return dx, dw, db

@@ -1,0 +1,236 @@
+"""The one forward/backward engine every refdns net shares.
+
+A net is a frozen :class:`NetSpec`: an ordered tuple of ops (dense, conv, pool, relu, flatten). The engine
+walks the ops with the hand-written layers in :mod:`refdns.layers`. Parameters live in a plain dict keyed
+``"<layer>.weight"`` / ``"<layer>.bias"`` in Caffe layouts (dense (out, in), conv (F, C, K, K)), the same
+keys the ``.npz`` interchange files use.
+
+Layers never see masks: a pruning method passes the *effective* parameters ``w_eff = w * mask`` to
+:func:`forward`, and :func:`backward` returns dL/d(w_eff). Who applies that gradient to which entries is the
+pruning method's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from refdns.layers import (
+    conv2d_backward,
+    conv2d_forward,
+    dense_backward,
+    dense_forward,
+    flatten_backward,
+    flatten_forward,
+    maxpool_backward,
+    maxpool_forward,
+    relu_backward,
+    relu_forward,
+    softmax_cross_entropy,
+)
+
+OP_KINDS = ("dense", "conv", "pool", "relu", "flatten")
+PARAM_KINDS = ("dense", "conv")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step of a sequential net.
+
+    ``kind`` is one of dense, conv, pool, relu, flatten. Parametric ops (dense, conv) carry ``name`` (the
+    Caffe layer name), ``w_shape`` and ``b_shape``; pool carries ``size``/``stride``; conv ``stride``/``pad``.
+    """
+
+    kind: str
+    name: str = ""
+    w_shape: tuple[int, ...] = ()
+    b_shape: tuple[int, ...] = ()
+    size: int = 2
+    stride: int = 1
+    pad: int = 0
+
+    def __post_init__(self):
+        if self.kind not in OP_KINDS:
+            raise ValueError(f"Op kind={self.kind!r} must be one of {OP_KINDS}")
+        if self.kind in PARAM_KINDS and not self.name:
+            raise ValueError(f"a {self.kind} op needs a layer name")
+
+    @property
+    def fan_in(self) -> int:
+        """Inputs feeding one output unit: D for dense, C*KH*KW for conv (Caffe's ``count / num``)."""
+        return int(np.prod(self.w_shape[1:]))
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """A whole network: its name, input shape (C, H, W), number of classes and ops in order."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    n_classes: int
+    ops: tuple[Op, ...]
+
+    @property
+    def layers(self) -> tuple[Op, ...]:
+        """The parametric ops (the ones with weights, masks and Caffe names), in order."""
+        return tuple(op for op in self.ops if op.kind in PARAM_KINDS)
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(op.name for op in self.layers)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{"<layer>.weight": shape, "<layer>.bias": shape}`` in layer order."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for op in self.layers:
+            shapes[f"{op.name}.weight"] = op.w_shape
+            shapes[f"{op.name}.bias"] = op.b_shape
+        return shapes
+
+    def n_params(self) -> int:
+        return int(sum(np.prod(s) for s in self.param_shapes().values()))
+
+
+def param_key(layer: str, kind: str) -> str:
+    """``param_key("ip1", "weight") == "ip1.weight"``."""
+    return f"{layer}.{kind}"
+
+
+def init_params(spec: NetSpec, *, rng: np.random.Generator, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Caffe "xavier" weights and zero biases.
+
+    Caffe's XavierFiller (variance_norm FAN_IN): ``scale = sqrt(3 / fan_in)``, ``w ~ U(-scale, scale)``,
+    where fan_in = count / num_outputs; biases use the constant filler 0.
+
+    Parameters
+    ----------
+    spec : NetSpec
+    rng : np.random.Generator
+        Layers draw in spec order from this one stream, so a seed fixes every weight.
+    dtype : float32 (training) or float64 (gradient checks).
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    params: dict[str, np.ndarray] = {}
+    for op in spec.layers:
+        scale = np.sqrt(3.0 / op.fan_in)
+        params[param_key(op.name, "weight")] = rng.uniform(-scale, scale, size=op.w_shape).astype(dtype)
+        params[param_key(op.name, "bias")] = np.zeros(op.b_shape, dtype=dtype)
+    return params
+
+
+class ForwardCache(NamedTuple):
+    """Per-op caches and outputs of one forward pass; ``outputs[i]`` is the output of ``spec.ops[i]``."""
+
+    op_caches: tuple[Any, ...]
+    outputs: tuple[np.ndarray, ...]
+
+
+def check_params(spec: NetSpec, params: dict[str, np.ndarray]) -> None:
+    """Raise ValueError naming the first missing, extra or mis-shaped parameter."""
+    shapes = spec.param_shapes()
+    missing = [k for k in shapes if k not in params]
+    extra = [k for k in params if k not in shapes]
+    if missing or extra:
+        raise ValueError(f"params for {spec.name}: missing {missing}, unexpected {extra}")
+    for k, s in shapes.items():
+        if params[k].shape != s:
+            raise ValueError(f"params[{k!r}] has shape {params[k].shape}, expected {s} for {spec.name}")
+
+
+def forward(
+    spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, *, keep_outputs: bool = False
+) -> tuple[np.ndarray, ForwardCache]:
+    """Logits for a batch.
+
+    Parameters
+    ----------
+    spec : NetSpec
+    params : dict of ndarray
+        Effective parameters (already multiplied by any mask).
+    x : ndarray, shape (N, C, H, W), float32 or float64
+        MLPs flatten it themselves (their first op is ``flatten``).
+    keep_outputs : bool
+        Also keep every op's output in the cache (golden traces and studies want activations).
+
+    Returns
+    -------
+    logits : ndarray, shape (N, n_classes), dtype of ``x``
+    cache : ForwardCache
+    """
+    if x.ndim != 4 or x.shape[1:] != spec.input_shape:
+        raise ValueError(f"x has shape {x.shape}, expected (N, {', '.join(map(str, spec.input_shape))})")
+    caches = []
+    outputs = []
+    h = x
+    for op in spec.ops:
+        if op.kind == "dense":
+            h, c = dense_forward(h, params[op.name + ".weight"], params[op.name + ".bias"])
+        elif op.kind == "conv":
+            h, c = conv2d_forward(
+                h, params[op.name + ".weight"], params[op.name + ".bias"], stride=op.stride, pad=op.pad
+            )
+        elif op.kind == "pool":
+            h, c = maxpool_forward(h, size=op.size, stride=op.stride)
+        elif op.kind == "relu":
+            h, c = relu_forward(h)
+        else:  # flatten
+            h, c = flatten_forward(h)
+        caches.append(c)
+        if keep_outputs:
+            outputs.append(h)
+    return h, ForwardCache(tuple(caches), tuple(outputs))
+
+
+def backward(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache) -> dict[str, np.ndarray]:
+    """dL/d(effective parameter) for every parameter, keyed like ``params``.
+
+    The gradient with respect to the network input is never formed (nothing needs it), which saves the
+    largest GEMM of the first layer.
+    """
+    grads: dict[str, np.ndarray] = {}
+    d = dlogits
+    first_param = next(i for i, op in enumerate(spec.ops) if op.kind in PARAM_KINDS)
+    for i in range(len(spec.ops) - 1, first_param - 1, -1):
+        op = spec.ops[i]
+        c = cache.op_caches[i]
+        if op.kind == "dense":
+            d, dw, db = dense_backward(d, c, need_dx=i != first_param)
+            grads[op.name + ".weight"], grads[op.name + ".bias"] = dw, db
+        elif op.kind == "conv":
+            d, dw, db = conv2d_backward(d, c, need_dx=i != first_param)
+            grads[op.name + ".weight"], grads[op.name + ".bias"] = dw, db
+        elif op.kind == "pool":
+            d = maxpool_backward(d, c)
+        elif op.kind == "relu":
+            d = relu_backward(d, c)
+        else:
+            d = flatten_backward(d, c)
+    return {k: grads[k] for k in spec.param_shapes()}
+
+
+def loss_and_grads(
+    spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray
+) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean softmax cross-entropy of a batch and its gradient w.r.t. every (effective) parameter."""
+    logits, cache = forward(spec, params, x)
+    loss, dlogits = softmax_cross_entropy(logits, y)
+    return float(loss), backward(spec, dlogits, cache)
+
+
+def predict(
+    spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, *, batch_size: int = 1000
+) -> np.ndarray:
+    """Top-1 class of every image, in batches so the whole test set fits comfortably in memory."""
+    out = np.empty(len(x), dtype=np.int64)
+    for s in range(0, len(x), batch_size):
+        logits, _ = forward(spec, params, x[s : s + batch_size])
+        out[s : s + batch_size] = logits.argmax(axis=1)
+    return out
+
+
+def error_rate(spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 error as a fraction (0.0091 means 0.91 %)."""
+    return float(np.mean(predict(spec, params, x) != y))

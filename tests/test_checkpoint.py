@@ -1,0 +1,78 @@
+import h5py
+import numpy as np
+import pytest
+
+from refdns import checkpoint
+from refdns.errors import CheckpointError
+from refdns.nets import get_spec
+from refdns.train import TrainConfig, new_run, train
+
+
+@pytest.fixture
+def small(mnist):
+    return mnist[0][:3000], mnist[1][:3000]
+
+
+def _run(small, iterations, seed=3):
+    x, y = small
+    cfg = TrainConfig(iterations=iterations, test_interval=0, display_interval=1)
+    return train(new_run(get_spec("lenet-300-100"), len(x), cfg, seed=seed), x, y, cfg), cfg
+
+
+def test_round_trip_keeps_every_array(small, tmp_path):
+    state, _ = _run(small, 7)
+    path = checkpoint.save(tmp_path / "a.h5", state, method="dense", config={"x": 1})
+    ck = checkpoint.load(path)
+    assert ck.method == "dense" and ck.config == {"x": 1} and ck.state.iteration == 7
+    for group in ("params", "velocity", "masks"):
+        a, b = getattr(state, group), getattr(ck.state, group)
+        assert all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    assert ck.state.history.loss == state.history.loss
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_resume_is_bit_exact(small, tmp_path):
+    """N steps, save, load, N more == 2N straight (params, velocity, batch order)."""
+    straight, cfg = _run(small, 24)
+    half, _ = _run(small, 12)
+    ck = checkpoint.load(checkpoint.save(tmp_path / "half.h5", half))
+    x, y = small
+    resumed = train(ck.state, x, y, cfg, until=24)
+    for k in straight.params:
+        assert np.array_equal(straight.params[k], resumed.params[k]), k
+        assert np.array_equal(straight.velocity[k], resumed.velocity[k]), k
+    assert straight.history.loss == resumed.history.loss
+
+
+def _corrupt(path, fn):
+    with h5py.File(path, "r+") as f:
+        fn(f)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: f.attrs.__setitem__("format", "keras"), "format"),
+        (lambda f: f.attrs.__setitem__("schema_version", 99), "newer"),
+        (lambda f: f.__delitem__("masks"), "masks"),
+        (lambda f: f["params/ip2/weight"].__setitem__((0, 0), np.nan), "NaN"),
+        (lambda f: f["masks/ip1/bias"].__setitem__(0, 7), "0 and 1"),
+        (lambda f: (f["params/ip1"].__delitem__("bias"), f["params/ip1"].create_dataset("bias", data=np.zeros(3, np.float32))), "shape"),
+        (lambda f: (f["params/ip3"].__delitem__("bias"), f["params/ip3"].create_dataset("bias", data=np.zeros(10))), "dtype"),
+    ],
+)
+def test_damaged_checkpoints_are_refused_by_name(small, tmp_path, damage, message):
+    state, _ = _run(small, 2)
+    path = checkpoint.save(tmp_path / "c.h5", state)
+    _corrupt(path, damage)
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(path)
+
+
+def test_truncated_file_is_refused(small, tmp_path):
+    state, _ = _run(small, 2)
+    path = checkpoint.save(tmp_path / "t.h5", state)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="t.h5"):
+        checkpoint.load(path)

@@ -1,0 +1,64 @@
+"""The one interface every pruning method implements.
+
+A method owns two decisions and nothing else:
+
+1. **Which entries are masked**: :meth:`PruningMethod.update_masks` is called before every forward pass
+   and may change the masks in place (DNS's prune/splice; a one-shot method changes them once).
+2. **What the gradient does to masked entries** (:attr:`PruningMethod.grad_through_mask`):
+   - ``True`` (DNS, Guo et al. eq. (2)): dL/d(W*T) is applied to *every* entry of W, pruned ones included,
+     so a pruned weight can grow back and be spliced in again; momentum and weight decay act on all of W.
+   - ``False`` (Han et al., magnitude and random baselines): masked entries are held at exactly zero: the
+     gradient is masked, and so is the momentum buffer, or momentum would revive them.
+
+The training loop (:mod:`refdns.train`) applies the mask to form ``w_eff = w * mask``, runs the hand-written
+forward/backward on ``w_eff`` and then follows the method's gradient rule. Adding a method means adding one
+file in :mod:`refdns.prune` with a frozen config and a subclass of :class:`PruningMethod`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from refdns.nets.sequential import NetSpec
+
+
+class PruningMethod:
+    """Base class: no pruning (all-ones masks, nothing ever changes)."""
+
+    name: str = "dense"
+    grad_through_mask: bool = True
+
+    def config_dict(self) -> dict[str, Any]:
+        """The method's full configuration, JSON-ready, stored in every checkpoint."""
+        return {}
+
+    def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Method state arrays (saved in checkpoints). Called once when a run starts."""
+        return {}
+
+    def update_masks(
+        self,
+        iteration: int,
+        params: dict[str, np.ndarray],
+        masks: dict[str, np.ndarray],
+        state: dict[str, np.ndarray],
+        rng: np.random.Generator,
+    ) -> list[dict[str, Any]]:
+        """Change ``masks`` (and ``state``) in place before the forward pass of ``iteration``.
+
+        Returns one statistics record per layer that was updated, e.g.
+        ``{"iteration": 12, "layer": "ip1", "pruned": 40, "spliced": 3, "density": 0.31}``;
+        an empty list when nothing was updated.
+        """
+        return []
+
+
+def all_ones_masks(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A bool mask of ones for every parameter (weights and biases)."""
+    return {k: np.ones(v.shape, dtype=bool) for k, v in params.items()}
+
+
+def kept_counts(masks: dict[str, np.ndarray]) -> dict[str, int]:
+    return {k: int(np.count_nonzero(m)) for k, m in masks.items()}

@@ -1,0 +1,229 @@
+"""Dynamic Network Surgery (Guo, Yao, Chen, "Dynamic Network Surgery for Efficient DNNs", NeurIPS 2016).
+
+Implemented as the authors' Caffe code runs it (CInnerProductLayer / CConvolutionLayer, ``CCMaskCalc``):
+
+* Per layer k, weights W with mask T_W and bias b with mask T_b; biases are masked and pruned too.
+* **Thresholds, once** (first surgery iteration): pool W*T and b*T, keep the non-zero entries v;
+  ``mu = mean(|v|)``, ``std = sqrt(mean(v^2) - mu^2)`` (population std of |v|),
+  ``t = max(mu + c_rate * std, 0)``, ``a = 0.9 t``, ``b = 1.1 t``. Stored with the run, never recomputed.
+* **Mask update, before each forward pass**: one Bernoulli draw per layer with probability
+  ``sigma(iter) = (1 + gamma * iter) ** -power``; if it fires and ``iter < iter_stop``, element-wise
+  ``# DNS eq. (3): h_k(w) = 0 if |w| <= a;  T if a < |w| <= b;  1 if |w| > b``
+  i.e. prune where T == 1 and |w| <= a, splice where T == 0 and |w| > b.
+* **Gradient through the mask**: ``# DNS eq. (2): W <- W - beta * dL/d(W .* T)`` applied to every entry
+  of W, pruned ones included; that is what lets a pruned weight grow back (``grad_through_mask = True``).
+
+The second reading, Intel Distiller's ``SplicingPruner``, is the option ``reading="distiller"``: std is the
+unbiased std of |W| over all weight entries (zeros included; biases are neither counted nor pruned), no clamp
+at 0, prune where |w| < a and splice where |w| >= b, masks updated deterministically every
+``update_every`` iterations, and optionally ``c_rate`` grown linearly per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from refdns.config import check_number, to_dict
+from refdns.errors import ConfigError
+from refdns.nets.sequential import NetSpec
+from refdns.prune.base import PruningMethod
+
+READINGS = ("caffe", "distiller")
+
+
+@dataclass(frozen=True)
+class DNSLayerConfig:
+    """One layer's surgery settings (the Caffe prototxt's ``cconvolution_param`` / ``cinner_product_param``)."""
+
+    c_rate: float = 3.0
+    gamma: float = 1e-3
+    power: float = 1.0
+    iter_stop: int = 10_000
+
+    def __post_init__(self):
+        check_number("c_rate", self.c_rate)
+        check_number("gamma", self.gamma, lo=0.0)
+        check_number("power", self.power, lo=0.0)
+        check_number("iter_stop", self.iter_stop, lo=0, integer=True)
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    """Surgery settings for a whole net.
+
+    ``layers`` maps each Caffe layer name to its :class:`DNSLayerConfig`; every layer of the net must be
+    named (no silent defaults). ``band`` is (a/t, b/t) = (0.9, 1.1) in the authors' code.
+    """
+
+    layers: dict[str, DNSLayerConfig]
+    reading: str = "caffe"
+    band: tuple[float, float] = (0.9, 1.1)
+    update_every: int = 1  # distiller reading only
+    sensitivity_multiplier: float = 0.0  # distiller reading only: c_rate *= 1 + multiplier * epoch
+    iters_per_epoch: int = 938  # ceil(60000 / 64), for the distiller schedule
+
+    def __post_init__(self):
+        if self.reading not in READINGS:
+            raise ConfigError(f"reading={self.reading!r} must be one of {READINGS}")
+        if not self.layers:
+            raise ConfigError("layers must name at least one layer")
+        fixed = {}
+        for name, lc in self.layers.items():
+            if isinstance(lc, dict):
+                unknown = set(lc) - {"c_rate", "gamma", "power", "iter_stop"}
+                if unknown:
+                    raise ConfigError(f"layer {name!r}: unknown setting(s) {sorted(unknown)}")
+                lc = DNSLayerConfig(**lc)
+            if not isinstance(lc, DNSLayerConfig):
+                raise ConfigError(f"layers[{name!r}] must be a DNSLayerConfig or dict, got {type(lc).__name__}")
+            fixed[name] = lc
+        object.__setattr__(self, "layers", fixed)
+        lo, hi = self.band
+        check_number("band[0]", lo, lo=0.0)
+        check_number("band[1]", hi, lo=lo)
+        check_number("update_every", self.update_every, lo=1, integer=True)
+        check_number("sensitivity_multiplier", self.sensitivity_multiplier, lo=0.0)
+        check_number("iters_per_epoch", self.iters_per_epoch, lo=1, integer=True)
+
+    def check_net(self, spec: NetSpec) -> None:
+        missing = [n for n in spec.layer_names if n not in self.layers]
+        extra = [n for n in self.layers if n not in spec.layer_names]
+        if missing or extra:
+            raise ConfigError(f"DNS layers for {spec.name}: missing {missing}, unknown {extra}")
+
+
+def default_config(net: str, **overrides: Any) -> DNSConfig:
+    """The authors' defaults for a net.
+
+    LeNet-5: the first author's per-layer values (conv1 c_rate 1 / iter_stop 14,000; conv2 3 / 14,000;
+    ip1 4 / 10,000; ip2 2.5 / 10,000; gamma 1e-4, power 1). LeNet-300-100: the code's defaults for fully
+    connected layers (c_rate 3, gamma 1e-3, power 1, iter_stop 8,000).
+    """
+    if net == "lenet-5":
+        layers = {
+            "conv1": DNSLayerConfig(c_rate=1.0, gamma=1e-4, power=1.0, iter_stop=14_000),
+            "conv2": DNSLayerConfig(c_rate=3.0, gamma=1e-4, power=1.0, iter_stop=14_000),
+            "ip1": DNSLayerConfig(c_rate=4.0, gamma=1e-4, power=1.0, iter_stop=10_000),
+            "ip2": DNSLayerConfig(c_rate=2.5, gamma=1e-4, power=1.0, iter_stop=10_000),
+        }
+    elif net == "lenet-300-100":
+        layers = {n: DNSLayerConfig(c_rate=3.0, gamma=1e-3, power=1.0, iter_stop=8_000) for n in ("ip1", "ip2", "ip3")}
+    else:
+        raise ConfigError(f"net={net!r}: no DNS defaults; pass DNSConfig(layers=...) explicitly")
+    return DNSConfig(layers=layers, **overrides)
+
+
+def surgery_probability(lc: DNSLayerConfig, iteration: int) -> float:
+    """``sigma(iter) = (1 + gamma * iter) ** -power``, the chance that a layer's masks update at ``iter``."""
+    return (1.0 + lc.gamma * iteration) ** (-lc.power)
+
+
+def caffe_thresholds(w: np.ndarray, b: np.ndarray, wmask: np.ndarray, bmask: np.ndarray,
+                     c_rate: float, band: tuple[float, float]) -> dict[str, float]:
+    """The Caffe reading's per-layer statistics and thresholds, in float64.
+
+    Pools the masked weights and biases, keeps the non-zero entries v, and returns mu = mean|v|,
+    std = sqrt(mean(v^2) - mu^2), t = max(mu + c_rate * std, 0), a = band[0] t, b = band[1] t.
+    """
+    v = np.concatenate([(w * wmask).ravel(), (b * bmask).ravel()]).astype(np.float64)
+    v = np.abs(v[v != 0])
+    if v.size == 0:
+        mu = std = 0.0
+    else:
+        mu = float(v.mean())
+        std = math.sqrt(max(float(np.mean(v * v)) - mu * mu, 0.0))
+    t = max(mu + c_rate * std, 0.0)
+    return {"mu": mu, "std": std, "t": t, "a": band[0] * t, "b": band[1] * t}
+
+
+def distiller_statistics(w: np.ndarray) -> tuple[float, float]:
+    """Distiller's cached statistics: mean and unbiased std of |W| over every weight entry."""
+    aw = np.abs(w.astype(np.float64)).ravel()
+    return float(aw.mean()), float(aw.std(ddof=1)) if aw.size > 1 else 0.0
+
+
+def hysteresis(mask: np.ndarray, w: np.ndarray, a: float, b: float, *, inclusive_prune: bool = True) -> np.ndarray:
+    """The new mask from DNS eq. (3), without touching the inputs.
+
+    Caffe (``inclusive_prune=True``): keep a kept entry while |w| > a; revive a pruned one when |w| > b.
+    Distiller (``False``): keep while |w| >= a; revive when |w| >= b.
+    """
+    aw = np.abs(w)
+    if inclusive_prune:
+        return np.where(mask, aw > a, aw > b)
+    return np.where(mask, aw >= a, aw >= b)
+
+
+class DNS(PruningMethod):
+    """Dynamic Network Surgery as a :class:`~refdns.prune.base.PruningMethod`."""
+
+    name = "dns"
+    grad_through_mask = True  # DNS eq. (2)
+
+    def __init__(self, config: DNSConfig):
+        if not isinstance(config, DNSConfig):
+            raise TypeError(f"config must be a DNSConfig, got {type(config).__name__}")
+        self.config = config
+
+    def config_dict(self) -> dict[str, Any]:
+        return to_dict(self.config) | {"method": self.name}
+
+    def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.config.check_net(spec)
+        return {}
+
+    def _thresholds(self, layer, params, masks, state) -> tuple[float, float]:
+        """(a, b) of ``layer``, computed once and kept in ``state`` as 0-d float64 arrays."""
+        cfg = self.config
+        lc = cfg.layers[layer]
+        key = f"{layer}.t"
+        if key not in state:
+            w, b = params[f"{layer}.weight"], params[f"{layer}.bias"]
+            if cfg.reading == "caffe":
+                stats = caffe_thresholds(w, b, masks[f"{layer}.weight"], masks[f"{layer}.bias"], lc.c_rate, cfg.band)
+            else:
+                mu, std = distiller_statistics(w)
+                t = mu + lc.c_rate * std
+                stats = {"mu": mu, "std": std, "t": t, "a": cfg.band[0] * t, "b": cfg.band[1] * t}
+            for k, v in stats.items():
+                state[f"{layer}.{k}"] = np.array(v, dtype=np.float64)
+        a, b = float(state[f"{layer}.a"]), float(state[f"{layer}.b"])
+        return a, b
+
+    def _fires(self, lc: DNSLayerConfig, iteration: int, rng: np.random.Generator) -> bool:
+        if self.config.reading == "caffe":
+            # One draw per layer per iteration, always taken, so the stream does not depend on iter_stop.
+            r = rng.random()
+            return r < surgery_probability(lc, iteration) and iteration < lc.iter_stop
+        return iteration % self.config.update_every == 0 and iteration < lc.iter_stop
+
+    def update_masks(self, iteration, params, masks, state, rng) -> list[dict[str, Any]]:
+        cfg = self.config
+        records = []
+        for layer, lc in cfg.layers.items():
+            a, b = self._thresholds(layer, params, masks, state)
+            if not self._fires(lc, iteration, rng):
+                continue
+            if cfg.reading == "distiller" and cfg.sensitivity_multiplier > 0:
+                epoch = iteration // cfg.iters_per_epoch
+                scale = 1.0 + cfg.sensitivity_multiplier * epoch
+                t = float(state[f"{layer}.mu"]) + lc.c_rate * scale * float(state[f"{layer}.std"])
+                a, b = cfg.band[0] * t, cfg.band[1] * t
+            kinds = ("weight", "bias") if cfg.reading == "caffe" else ("weight",)
+            pruned = spliced = 0
+            for kind in kinds:
+                key = f"{layer}.{kind}"
+                old = masks[key]
+                new = hysteresis(old, params[key], a, b, inclusive_prune=cfg.reading == "caffe")
+                pruned += int(np.count_nonzero(old & ~new))
+                spliced += int(np.count_nonzero(~old & new))
+                old[...] = new
+            kept = sum(int(np.count_nonzero(masks[f"{layer}.{k}"])) for k in ("weight", "bias"))
+            total = masks[f"{layer}.weight"].size + masks[f"{layer}.bias"].size
+            records.append({"iteration": int(iteration), "layer": layer, "pruned": pruned, "spliced": spliced,
+                            "kept": kept, "total": total})
+        return records

@@ -1,0 +1,5 @@
+import sys
+
+from refdns.cli import main
+
+sys.exit(main())

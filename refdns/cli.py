@@ -1,0 +1,353 @@
+"""The ``refdns`` command line. The only module that reads argv or prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from refdns import __version__
+from refdns.errors import RefdnsError
+
+
+def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
+    _atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+class Progress:
+    """A tqdm bar with ETA plus a log line per test; quiet when not wanted."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool, desc: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="it", disable=not enabled,
+                        dynamic_ncols=True, leave=False, file=sys.stderr)
+        self.last_loss = float("nan")
+
+    def step(self, state, loss: float, lr: float) -> None:
+        self.last_loss = loss
+        self.bar.update(1)
+        if state.iteration % 50 == 0:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.5f}", refresh=False)
+
+    def test(self, state, err: float, lr: float | None = None) -> None:
+        lr_text = f"  lr {lr:.6f}" if lr is not None else ""
+        line = f"iter {state.iteration:>6}  loss {self.last_loss:.4f}{lr_text}  test error {100 * err:.2f}%"
+        self.bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder holding mnist/ (and fashion-mnist/); default $REFDNS_DATA, "
+                   "then the user cache, then download")
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
+
+
+def _add_run_args(p: argparse.ArgumentParser, *, iterations: int) -> None:
+    p.add_argument("--iterations", type=int, default=iterations,
+                   help="training iterations" + ("" if iterations else " (default: the paper's count for the net)"))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--lr-policy", default="inv", choices=["inv", "fixed", "step"])
+    p.add_argument("--test-interval", type=int, default=1000, help="iterations between test evaluations (0: end only)")
+    p.add_argument("--json", metavar="FILE", help="also write the final figures as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+
+def _load_data(args):
+    from refdns.datasets import load_mnist
+
+    kw = dict(dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download)
+    x_train, y_train = load_mnist("train", **kw)
+    x_test, y_test = load_mnist("test", **kw)
+    return x_train, y_train, x_test, y_test
+
+
+def _train_config(args, *, iterations: int | None = None):
+    from refdns.optim import SGDConfig
+    from refdns.train import TrainConfig
+
+    return TrainConfig(
+        iterations=args.iterations if iterations is None else iterations,
+        batch_size=args.batch_size,
+        test_interval=args.test_interval,
+        sgd=SGDConfig(base_lr=args.base_lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                      lr_policy=args.lr_policy),
+    )
+
+
+def _progress_enabled(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def cmd_train(args) -> int:
+    from refdns import checkpoint
+    from refdns.config import to_dict
+    from refdns.nets import get_spec
+    from refdns.optim import learning_rate
+    from refdns.train import new_run, train
+
+    spec = get_spec(args.net)
+    cfg = _train_config(args)
+    x_train, y_train, x_test, y_test = _load_data(args)
+    state = new_run(spec, len(x_train), cfg, seed=args.seed)
+    print(f"refdns {__version__}: training {spec.name} ({spec.n_params():,} parameters) on {args.dataset} "
+          f"for {cfg.iterations} iterations, seed {args.seed}", file=sys.stderr)
+    prog = Progress(cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"train {spec.name}")
+    t0 = time.perf_counter()
+    try:
+        train(state, x_train, y_train, cfg, x_test=x_test, y_test=y_test, on_step=prog.step,
+              on_test=lambda s, e: prog.test(s, e, learning_rate(cfg.sgd, s.iteration - 1)))
+    finally:
+        prog.close()
+    seconds = time.perf_counter() - t0
+    test_error = state.history.test_error[-1][1] if state.history.test_error else float("nan")
+    config = {"net": spec.name, "dataset": args.dataset, "seed": args.seed, "train": to_dict(cfg)}
+    out = Path(args.out or f"{spec.name}-dense.h5")
+    checkpoint.save(out, state, method="dense", config=config)
+    print(f"{spec.name}: test error {100 * test_error:.2f}% after {state.iteration} iterations "
+          f"({seconds:.1f} s); checkpoint {out}", file=sys.stderr)
+    if args.json:
+        write_json(args.json, {"net": spec.name, "dataset": args.dataset, "seed": args.seed,
+                               "test_error": test_error, "iterations": state.iteration, "seconds": seconds,
+                               "checkpoint": str(out), "test_error_history": state.history.test_error})
+    return 0
+
+
+def _per_layer(text: str | None, layers, name: str, cast) -> dict[str, Any]:
+    """Parse ``3`` (every layer) or ``conv1=1,ip1=4`` (those layers) into {layer: value}."""
+    if text is None:
+        return {}
+    from refdns.errors import ConfigError
+
+    if "=" not in text:
+        try:
+            return {layer: cast(text) for layer in layers}
+        except ValueError:
+            raise ConfigError(f"--{name} {text!r}: expected a number or layer=value pairs") from None
+    out = {}
+    for part in text.split(","):
+        layer, _, value = part.partition("=")
+        layer = layer.strip()
+        if layer not in layers:
+            raise ConfigError(f"--{name}: unknown layer {layer!r}; this net has {list(layers)}")
+        try:
+            out[layer] = cast(value)
+        except ValueError:
+            raise ConfigError(f"--{name} {part!r}: {value!r} is not a valid value") from None
+    return out
+
+
+def _dns_config(args, spec):
+    import dataclasses
+
+    from refdns.pipeline import dns_recipe
+
+    cfg = dns_recipe(spec.name, recipe=args.recipe)
+    layers = dict(cfg.layers)
+    for field, cast in (("c_rate", float), ("gamma", float), ("power", float), ("iter_stop", int)):
+        for layer, value in _per_layer(getattr(args, field), spec.layer_names, field.replace("_", "-"), cast).items():
+            layers[layer] = dataclasses.replace(layers[layer], **{field: value})
+    return dataclasses.replace(cfg, layers=layers, reading=args.reading, update_every=args.update_every,
+                               sensitivity_multiplier=args.sensitivity_multiplier)
+
+
+def _print_surgery_report(summary, churn, seconds, out) -> None:
+    from refdns.pipeline import format_table
+
+    print(format_table(summary))
+    print(f"\nsurgery wall time {seconds:.1f} s; checkpoint {out}")
+    if churn:
+        print("\nmask churn (connections pruned / spliced back, density at the end of each block):")
+        print("| iterations | layer | updates | pruned | spliced | density |")
+        print("|---|---|---:|---:|---:|---:|")
+        for c in churn:
+            print(f"| {c['from']}-{c['to']} | {c['layer']} | {c['updates']} | {c['pruned']:,} | {c['spliced']:,} "
+                  f"| {100 * c['density']:.2f}% |")
+
+
+def _surgery(args, spec, data, dense_params, dense_masks, dense_error, out_path):
+    """Run DNS from dense parameters; write checkpoint; return the JSON-ready result."""
+    from refdns import checkpoint
+    from refdns.pipeline import churn_by_interval, pruning_summary, run_config, run_training
+    from refdns.prune.dns import DNS
+
+    cfg = _train_config(args)
+    method = DNS(_dns_config(args, spec))
+    print(f"refdns {__version__}: surgery on {spec.name} for {cfg.iterations} iterations, seed {args.seed}",
+          file=sys.stderr)
+    for name, lc in method.config.layers.items():
+        print(f"  {name}: c_rate {lc.c_rate} gamma {lc.gamma} power {lc.power} iter_stop {lc.iter_stop}",
+              file=sys.stderr)
+    prog = Progress(cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"dns {spec.name}")
+    try:
+        state, seconds = run_training(spec, data, cfg, seed=args.seed, method=method, params=dense_params,
+                                      masks=dense_masks, on_step=prog.step, on_test=prog.test)
+    finally:
+        prog.close()
+    summary = pruning_summary(spec, state, dense_error, data.x_test, data.y_test)
+    config = run_config(spec, args.dataset, args.seed, cfg, method)
+    checkpoint.save(out_path, state, method="dns", config=config)
+    churn = churn_by_interval(state, interval=max(cfg.iterations // 10, 1))
+    _print_surgery_report(summary, churn, seconds, out_path)
+    thresholds = {k: float(v) for k, v in state.method_state.items()}
+    return summary | {"seconds": seconds, "iterations": cfg.iterations, "checkpoint": str(out_path),
+                      "config": config, "thresholds": thresholds, "churn": churn,
+                      "test_error_history": state.history.test_error}
+
+
+def _data(args):
+    from refdns.pipeline import Data
+
+    return Data(*_load_data(args))
+
+
+def cmd_dns(args) -> int:
+    from refdns import checkpoint
+    from refdns.nets import get_spec
+    from refdns.train import evaluate
+
+    spec = get_spec(args.net)
+    if args.iterations is None:
+        from refdns.pipeline import PAPER_SURGERY_ITERATIONS
+
+        args.iterations = PAPER_SURGERY_ITERATIONS[spec.name]
+    ck = checkpoint.load(args.from_)
+    if ck.state.spec.name != spec.name:
+        from refdns.errors import ConfigError
+
+        raise ConfigError(f"--from {args.from_} holds a {ck.state.spec.name}, not a {spec.name}")
+    _train_config(args)  # refuse nonsense settings before loading data
+    _dns_config(args, spec)
+    data = _data(args)
+    dense_error = evaluate(ck.state, data.x_test, data.y_test)
+    out = Path(args.out or f"{spec.name}-dns.h5")
+    result = _surgery(args, spec, data, ck.state.params, ck.state.masks, dense_error, out)
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from refdns import checkpoint
+    from refdns.nets import get_spec
+    from refdns.pipeline import PAPER_SURGERY_ITERATIONS, run_config, run_training
+
+    spec = get_spec(args.net)
+    if args.iterations is None:
+        args.iterations = PAPER_SURGERY_ITERATIONS[spec.name]
+    dense_cfg = _train_config(args, iterations=args.dense_iterations)
+    _train_config(args)
+    _dns_config(args, spec)
+    data = _data(args)
+    out_dir = Path(args.out_dir)
+    t0 = time.perf_counter()
+    print(f"refdns {__version__}: dense {spec.name} for {dense_cfg.iterations} iterations", file=sys.stderr)
+    prog = Progress(dense_cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"dense {spec.name}")
+    try:
+        dense, dense_seconds = run_training(spec, data, dense_cfg, seed=args.seed, on_step=prog.step,
+                                            on_test=prog.test)
+    finally:
+        prog.close()
+    dense_error = dense.history.test_error[-1][1]
+    dense_path = out_dir / f"{spec.name}-dense.h5"
+    checkpoint.save(dense_path, dense, method="dense",
+                    config=run_config(spec, args.dataset, args.seed, dense_cfg, None))
+    print(f"dense: test error {100 * dense_error:.2f}% ({dense_seconds:.1f} s); checkpoint {dense_path}",
+          file=sys.stderr)
+    result = _surgery(args, spec, data, dense.params, None, dense_error, out_dir / f"{spec.name}-dns.h5")
+    total = time.perf_counter() - t0
+    print(f"pipeline wall time {total:.1f} s (dense {dense_seconds:.1f} s, surgery {result['seconds']:.1f} s)")
+    if args.json:
+        write_json(args.json, result | {"dense_seconds": dense_seconds, "surgery_seconds": result["seconds"],
+                                        "seconds": total, "dense_iterations": dense_cfg.iterations,
+                                        "dense_checkpoint": str(dense_path)})
+    return 0
+
+
+def _add_dns_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("surgery (per-layer values: one number for every layer, or layer=value,...)")
+    g.add_argument("--recipe", default="refdns", choices=["refdns", "authors"],
+                   help="starting per-layer settings: 'authors' = the DNS code's defaults, 'refdns' = the "
+                   "settings that reproduced the paper's table here (see README); flags below override")
+    g.add_argument("--c-rate", dest="c_rate", help="threshold t = mu + c_rate * std")
+    g.add_argument("--gamma", help="sigma(iter) = (1 + gamma * iter)^-power")
+    g.add_argument("--power")
+    g.add_argument("--iter-stop", dest="iter_stop", help="no mask updates from this iteration on")
+    g.add_argument("--reading", default="caffe", choices=["caffe", "distiller"])
+    g.add_argument("--update-every", type=int, default=1, help="distiller reading: update every k iterations")
+    g.add_argument("--sensitivity-multiplier", type=float, default=0.0,
+                   help="distiller reading: c_rate grows by this factor per epoch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from refdns.nets import NETS
+
+    parser = argparse.ArgumentParser(prog="refdns", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"refdns {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a dense LeNet on MNIST with Caffe's recipe")
+    p.add_argument("--net", required=True, choices=sorted(NETS))
+    p.add_argument("--out", metavar="FILE", help="checkpoint to write (HDF5); default <net>-dense.h5")
+    _add_run_args(p, iterations=10_000)
+    _add_data_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("dns", help="Dynamic Network Surgery on a trained dense checkpoint")
+    p.add_argument("--net", required=True, choices=sorted(NETS))
+    p.add_argument("--from", dest="from_", required=True, metavar="CKPT", help="dense checkpoint to start from")
+    p.add_argument("--out", metavar="FILE", help="checkpoint to write; default <net>-dns.h5")
+    _add_run_args(p, iterations=None)
+    _add_dns_args(p)
+    _add_data_args(p)
+    p.set_defaults(func=cmd_dns)
+
+    p = sub.add_parser("reproduce", help="the whole pipeline: dense training, then surgery, then the paper's table")
+    p.add_argument("--net", required=True, choices=sorted(NETS))
+    p.add_argument("--method", default="dns", choices=["dns"])
+    p.add_argument("--dense-iterations", type=int, default=10_000)
+    p.add_argument("--out-dir", default=".", help="where the dense and pruned checkpoints go")
+    _add_run_args(p, iterations=None)
+    _add_dns_args(p)
+    _add_data_args(p)
+    p.set_defaults(func=cmd_reproduce)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except RefdnsError as e:
+        print(f"refdns: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("refdns: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

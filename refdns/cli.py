@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from refdns.perf import tune_malloc
+
+    tune_malloc()
     try:
         return args.func(args)
     except RefdnsError as e:

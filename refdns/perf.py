@@ -1,0 +1,44 @@
+"""Process-wide performance settings that the library itself never changes behind a caller's back.
+
+:func:`tune_malloc` is called by the CLI (which owns its process) and by the benchmarks. Library code
+(``refdns.train`` and friends) never calls it: a program that imports refdns keeps its own allocator settings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+
+_done = False
+
+
+def tune_malloc(*, heap_bytes: int = 256 << 20) -> bool:
+    """Keep large temporaries on the heap instead of a fresh ``mmap`` per allocation (glibc only).
+
+    glibc serves allocations above its mmap threshold (128 KiB at start) with a new mapping, and
+    returns it to the kernel on free, so every training step's multi-megabyte temporaries (im2col
+    columns, activations) page-fault afresh: about 4,400 faults per LeNet-5 step, measured; this setting
+    removed them (conv+pool stack 23 ms -> 15 ms per iteration). Returns False where it does not apply.
+    Numerically it changes nothing.
+    """
+    global _done
+    if _done:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = mallopt(_M_MMAP_THRESHOLD, heap_bytes) and mallopt(_M_TRIM_THRESHOLD, 2 * heap_bytes)
+    ok = ok and mallopt(_M_TOP_PAD, 64 << 20)
+    _done = bool(ok)
+    return _done

@@ -215,7 +215,7 @@ def _attr(f: h5py.File, name: str, path: Path):
 
 
 def load(path: str | os.PathLike) -> Checkpoint:
-    """Read and validate a checkpoint; any schema, shape, dtype, value or digest problem raises CheckpointError.
+    """Read and validate a checkpoint; any schema, shape, dtype, value or digest problem: CheckpointError.
 
     Schema 2 files are checked against their manifest (a SHA-256 per dataset and one over all attributes),
     so damage to the numbers themselves is refused too; schema 1 files (no manifest) get every structural
@@ -253,7 +253,7 @@ def _check_manifest(f: h5py.File, path: Path) -> None:
         raise CheckpointError(f"{path}: unexpected dataset(s) {extra} not listed in the manifest")
     for name, digest in want_ds.items():
         if have["datasets"][name] != digest:
-            raise CheckpointError(f"{path}: {name} does not match its SHA-256 in the manifest (corrupted data)")
+            raise CheckpointError(f"{path}: {name} does not match its SHA-256 in the manifest (corrupt data)")
     if have["attributes"] != want_attrs:
         raise CheckpointError(f"{path}: the attributes do not match their SHA-256 in the manifest "
                               "(an attribute was changed or removed)")
@@ -271,7 +271,7 @@ def _dataset(f: h5py.File, name: str, path: Path) -> h5py.Dataset:
 def _pairs_dataset(f: h5py.File, name: str, path: Path) -> np.ndarray:
     arr = _dataset(f, name, path)[()]
     if arr.dtype != np.float64 or arr.ndim != 2 or arr.shape[1] != 2:
-        raise CheckpointError(f"{path}: {name} has shape {arr.shape} dtype {arr.dtype}, expected (n, 2) float64")
+        raise CheckpointError(f"{path}: {name} is {arr.shape} {arr.dtype}, expected (n, 2) float64")
     return arr
 
 
@@ -328,13 +328,14 @@ def _load_open(f: h5py.File, path: Path) -> Checkpoint:
     lengths = {c: v.shape for c, v in cols.items()}
     n_rec = len(cols["iteration"])
     if any(v.ndim != 1 or len(v) != n_rec for v in cols.values()):
-        raise CheckpointError(f"{path}: /history/mask_updates columns have shapes {lengths}, expected equal (n,)")
+        raise CheckpointError(f"{path}: /history/mask_updates columns have shapes {lengths}, not (n,) each")
     for c, v in cols.items():
         if c != "layer" and v.dtype != np.int64:
             raise CheckpointError(f"{path}: /history/mask_updates/{c} has dtype {v.dtype}, expected int64")
     del mu
     records = [
-        {c: (cols[c][i].decode() if isinstance(cols[c][i], bytes) else int(cols[c][i])) for c in MASK_UPDATE_COLUMNS}
+        {c: (cols[c][i].decode() if c == "layer" and isinstance(cols[c][i], bytes) else
+             cols[c][i] if c == "layer" else int(cols[c][i])) for c in MASK_UPDATE_COLUMNS}
         for i in range(n_rec)
     ]
     history = History(

@@ -311,8 +311,8 @@ def cmd_golden(args) -> int:
     summary = write_golden(args.out, spec, args.method, args.steps, x, y, seed=args.seed,
                            batch_size=args.batch_size, max_elements=args.max_elements, dataset=args.dataset)
     size = Path(args.out).stat().st_size
-    print(f"golden trace {args.out}: {spec.name}, {args.method}, {args.steps} steps of batch {args.batch_size}, "
-          f"seed {args.seed}, {size / 1e6:.3f} MB")
+    print(f"golden trace {args.out}: {spec.name}, {args.method}, {args.steps} steps of batch "
+          f"{args.batch_size}, seed {args.seed}, {size / 1e6:.3f} MB")
     for t, loss in enumerate(summary["loss"]):
         extra = ""
         if summary["fired"]:
@@ -353,8 +353,8 @@ def cmd_import(args) -> int:
     spec = get_spec(args.net)
     params = read_npz(args.npz, spec)
     masks = {k: w != 0 for k, w in params.items()} if args.mask_from_zeros else None
-    state = new_run(spec, args.n_train, TrainConfig(batch_size=args.batch_size), seed=args.seed, params=params,
-                    masks=masks)
+    state = new_run(spec, args.n_train, TrainConfig(batch_size=args.batch_size), seed=args.seed,
+                    params=params, masks=masks)
     config = {"net": spec.name, "seed": args.seed, "imported_from": str(args.npz),
               "mask_from_zeros": bool(args.mask_from_zeros)}
     checkpoint.save(args.out, state, method="import", config=config)
@@ -392,12 +392,13 @@ def cmd_eval(args) -> int:
     print("| layer | kept weights | kept biases | kept | parameters | kept % |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['layer']} | {r['kept_weights']:,} | {r['kept_biases']:,} | {r['kept']:,} | {r['params']:,} "
-              f"| {100 * r['kept_fraction']:.2f} |")
+        print(f"| {r['layer']} | {r['kept_weights']:,} | {r['kept_biases']:,} | {r['kept']:,} "
+              f"| {r['params']:,} | {100 * r['kept_fraction']:.2f} |")
     if args.json:
         total = rows[-1]
-        write_json(args.json, {"checkpoint": str(args.checkpoint), "net": ck.state.spec.name, "method": ck.method,
-                               "dataset": args.dataset, "test_error": err, "kept": total["kept"],
+        write_json(args.json, {"checkpoint": str(args.checkpoint), "net": ck.state.spec.name,
+                               "method": ck.method, "dataset": args.dataset, "test_error": err,
+                               "kept": total["kept"],
                                "total": total["params"], "kept_fraction": total["kept_fraction"],
                                "layers": {r["layer"]: {"kept": r["kept"], "total": r["params"],
                                                        "kept_weights": r["kept_weights"],
@@ -461,10 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("npz")
     p.add_argument("--net", required=True, choices=sorted(NETS))
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="checkpoint to write")
-    p.add_argument("--mask-from-zeros", action="store_true", help="mask = the non-zero pattern of the weights")
+    p.add_argument("--mask-from-zeros", action="store_true",
+                   help="mask = the non-zero pattern of the weights")
     p.add_argument("--seed", type=int, default=0, help="seeds the batch order and mask draws of a later run")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--n-train", type=int, default=60_000, help="training-set size the batch order is drawn for")
+    p.add_argument("--n-train", type=int, default=60_000,
+                   help="training-set size the batch order is drawn for")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="write a checkpoint's weights as an .npz file (<layer>.weight/.bias)")

@@ -69,4 +69,5 @@ class TraceError(RefdnsError, ValueError):
 
 
 class InterchangeError(RefdnsError, ValueError):
-    """An ``.npz`` weight file has missing or unexpected keys, wrong shapes or dtypes, or non-finite values."""
+    """An ``.npz`` weight file has missing or unexpected keys, wrong shapes or dtypes, or non-finite values.
+    """

@@ -51,7 +51,18 @@ DEFAULT_SEED = 0
 GOLDEN_DNS_LAYER = DNSLayerConfig(c_rate=-1.5, gamma=0.25, power=1.0, iter_stop=1_000_000)
 GOLDEN_SGD = SGDConfig(base_lr=0.05)
 
-STEP_ORDER = ("inputs", "labels", "lr", "masks", "thresholds", "surgery", "activations", "loss", "grads", "params")
+STEP_ORDER = (
+    "inputs",
+    "labels",
+    "lr",
+    "masks",
+    "thresholds",
+    "surgery",
+    "activations",
+    "loss",
+    "grads",
+    "params",
+)
 
 
 @dataclass(frozen=True)
@@ -143,27 +154,48 @@ def write_golden(
     method = golden_method(spec.name, method_name)
     cfg = TrainConfig(iterations=steps, batch_size=batch_size, test_interval=0, sgd=GOLDEN_SGD)
     state = new_run(spec, len(x_train), cfg, seed=seed)
-    state.params = {k: (np.round(w / INIT_GRID) * INIT_GRID).astype(np.float32) for k, w in state.params.items()}
+    state.params = {
+        k: (np.round(w / INIT_GRID) * INIT_GRID).astype(np.float32) for k, w in state.params.items()
+    }
     state.method_state = method.init_state(spec, state.params)  # as refdns.train.train does at iteration 0
     layers = list(spec.layer_names)
-    config = {"net": spec.name, "dataset": dataset, "seed": seed, "train": to_dict(cfg),
-              "method": method.config_dict() | {"method": method_name},
-              "golden": {"steps": steps, "batch_size": batch_size, "init_grid": INIT_GRID,
-                         "max_elements": max_elements,
-                         "start": "Caffe xavier from new_run(seed), rounded to init_grid; zero velocity",
-                         "batches": f"{dataset} train set, BatchStream order of new_run(seed)"}}
+    config = {
+        "net": spec.name,
+        "dataset": dataset,
+        "seed": seed,
+        "train": to_dict(cfg),
+        "method": method.config_dict() | {"method": method_name},
+        "golden": {
+            "steps": steps,
+            "batch_size": batch_size,
+            "init_grid": INIT_GRID,
+            "max_elements": max_elements,
+            "start": "Caffe xavier from new_run(seed), rounded to init_grid; zero velocity",
+            "batches": f"{dataset} train set, BatchStream order of new_run(seed)",
+        },
+    }
     summary: dict[str, Any] = {"loss": [], "pruned": [], "spliced": [], "fired": []}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        # libver v110 (HDF5 >= 1.10): compact groups and single-chunk indexes, a fraction of the metadata bytes
+        # libver v110 (HDF5 >= 1.10): compact groups and single-chunk indexes, a fraction of the metadata
         with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
-            f.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION, "refdns_version": __version__,
-                            "net": spec.name, "method": method_name, "seed": seed, "steps": steps,
-                            "batch_size": batch_size, "producer": f"refdns {__version__}",
-                            "config": json.dumps(config, sort_keys=True)})
+            f.attrs.update(
+                {
+                    "format": FORMAT,
+                    "schema_version": SCHEMA_VERSION,
+                    "refdns_version": __version__,
+                    "net": spec.name,
+                    "method": method_name,
+                    "seed": seed,
+                    "steps": steps,
+                    "batch_size": batch_size,
+                    "producer": f"refdns {__version__}",
+                    "config": json.dumps(config, sort_keys=True),
+                }
+            )
             f.attrs["layers"] = np.array(layers, dtype=h5py.string_dtype())
             f.attrs["activations"] = np.array(_activation_names(spec), dtype=h5py.string_dtype())
             init = f.create_group("init")
@@ -196,7 +228,9 @@ def write_golden(
                     s = g.create_group("surgery")
                     fired = np.array([n in by_layer for n in layers], dtype=np.uint8)
                     pruned = np.array([by_layer.get(n, {}).get("pruned", 0) for n in layers], dtype=np.int64)
-                    spliced = np.array([by_layer.get(n, {}).get("spliced", 0) for n in layers], dtype=np.int64)
+                    spliced = np.array(
+                        [by_layer.get(n, {}).get("spliced", 0) for n in layers], dtype=np.int64
+                    )
                     _put(s, "fired", fired)
                     _put(s, "pruned", pruned)
                     _put(s, "spliced", spliced)
@@ -240,6 +274,7 @@ class TensorResult:
 class VerifyReport:
     golden: str
     candidate: str
+    tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(TOLERANCES))
     tensors: list[TensorResult] = field(default_factory=list)
     divergence: tuple[int, str] | None = None  # (step, tensor) of the first mismatch in run order
 
@@ -264,8 +299,9 @@ def _open_trace(path: str | os.PathLike, role: str) -> h5py.File:
     schema = int(f.attrs.get("schema_version", -1))
     if not 1 <= schema <= SCHEMA_VERSION:
         f.close()
-        raise TraceError(f"{role} trace {path}: schema_version {schema} is not one this refdns reads "
-                         f"(1..{SCHEMA_VERSION})")
+        raise TraceError(
+            f"{role} trace {path}: schema_version {schema} is not one this refdns reads (1..{SCHEMA_VERSION})"
+        )
     return f
 
 
@@ -346,8 +382,9 @@ def _compare_one(row: TensorResult, step: int, g_ds: h5py.Dataset, c_ds, tol: To
         row.note = f"golden {g.reshape(-1)[bad]:.9g}, candidate {c.reshape(-1)[bad]:.9g}"
 
 
-def verify(golden: str | os.PathLike, candidate: str | os.PathLike,
-           tolerances: dict[str, Tolerance] | None = None) -> VerifyReport:
+def verify(
+    golden: str | os.PathLike, candidate: str | os.PathLike, tolerances: dict[str, Tolerance] | None = None
+) -> VerifyReport:
     """Compare every tensor of ``golden`` with the same tensor of ``candidate``.
 
     Floating tensors use ``tolerances[dtype]`` (default :data:`TOLERANCES`), chosen by the golden's dtype;
@@ -355,13 +392,15 @@ def verify(golden: str | os.PathLike, candidate: str | os.PathLike,
     candidate, or of another shape, is a mismatch at its step.
     """
     tolerances = TOLERANCES if tolerances is None else tolerances
-    report = VerifyReport(str(golden), str(candidate))
+    report = VerifyReport(str(golden), str(candidate), dict(tolerances))
     rows: dict[str, TensorResult] = {}
     with _open_trace(golden, "golden") as gf, _open_trace(candidate, "candidate") as cf:
         for key in ("net", "method"):
             gv, cv = gf.attrs.get(key), cf.attrs.get(key)
             if gv != cv:
-                raise TraceError(f"the traces are of different runs: golden {key}={gv!r}, candidate {key}={cv!r}")
+                raise TraceError(
+                    f"the traces are of different runs: golden {key}={gv!r}, candidate {key}={cv!r}"
+                )
         for step, tensor, hpath in _datasets(gf):
             name = tensor if step >= 0 else hpath
             g_ds = gf[hpath]
@@ -369,8 +408,12 @@ def verify(golden: str | os.PathLike, candidate: str | os.PathLike,
             tol = tolerances.get(kind) if g_ds.dtype.kind == "f" else None
             if g_ds.dtype.kind == "f" and tol is None:
                 raise TraceError(f"no tolerance named for dtype {kind} (tensor {name})")
-            row = rows.setdefault(name, TensorResult(
-                name, kind, "exact" if tol is None else f"{kind}: rtol {tol.rtol:g}, atol {tol.atol:g}"))
+            row = rows.setdefault(
+                name,
+                TensorResult(
+                    name, kind, "exact" if tol is None else f"{kind}: rtol {tol.rtol:g}, atol {tol.atol:g}"
+                ),
+            )
             row.steps += 1
             _compare_one(row, step, g_ds, cf[hpath] if hpath in cf else None, tol)
             if not row.ok and report.divergence is None:  # datasets come in run order: the first is earliest
@@ -385,17 +428,25 @@ def _fmt(x: float) -> str:
 
 def format_report(report: VerifyReport) -> str:
     """The per-tensor table (markdown) and a closing verdict line."""
-    lines = [f"golden    {report.golden}", f"candidate {report.candidate}", "",
-             "| tensor | dtype | steps | max abs err | max rel err | first bad step | first bad index | result |",
-             "|---|---|---:|---:|---:|---:|---|---|"]
+    lines = [
+        f"golden    {report.golden}",
+        f"candidate {report.candidate}",
+        "",
+        "| tensor | dtype | steps | max abs err | max rel err | first bad step | first bad index | result |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
     for r in report.tensors:
         step = "" if r.ok else ("init" if r.first_bad_step == -1 else str(r.first_bad_step))
         index = "" if r.first_bad_index is None else str(r.first_bad_index)
         result = "ok" if r.ok else f"MISMATCH ({r.note})" if r.note else "MISMATCH"
-        lines.append(f"| {r.name} | {r.dtype} | {r.steps} | {_fmt(r.max_abs)} | {_fmt(r.max_rel)} | {step} "
-                     f"| {index} | {result} |")
+        lines.append(
+            f"| {r.name} | {r.dtype} | {r.steps} | {_fmt(r.max_abs)} | {_fmt(r.max_rel)} | {step} "
+            f"| {index} | {result} |"
+        )
     lines.append("")
-    tol = ", ".join(f"{k}: rtol {v.rtol:g} atol {v.atol:g} (x max(1, max|golden|))" for k, v in TOLERANCES.items())
+    tol = ", ".join(
+        f"{k}: rtol {v.rtol:g} atol {v.atol:g} (x max(1, max|golden|))" for k, v in report.tolerances.items()
+    )
     lines.append(f"tolerances: {tol}; integer tensors exact")
     if report.ok:
         lines.append(f"PASS: all {len(report.tensors)} tensors agree")
@@ -403,6 +454,7 @@ def format_report(report: VerifyReport) -> str:
         step, name = report.divergence
         where = "in the initial state" if step == -1 else f"at step {step}"
         n_bad = sum(not r.ok for r in report.tensors)
-        lines.append(f"FAIL: {n_bad} of {len(report.tensors)} tensors differ; the runs diverge first {where} "
-                     f"({name})")
+        lines.append(
+            f"FAIL: {n_bad} of {len(report.tensors)} tensors differ; the runs diverge first {where} ({name})"
+        )
     return "\n".join(lines)

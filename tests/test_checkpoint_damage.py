@@ -59,7 +59,7 @@ def _assert_same_run(a, b):
 
 
 def test_dns_resume_is_bit_exact(mnist, tmp_path):
-    """DNS: N steps, save, load, N more == 2N straight, masks, thresholds and the Bernoulli stream included."""
+    """DNS: N steps, save, load, N more == 2N straight; masks, thresholds and the Bernoulli stream too."""
     straight, cfg, x, y = _dns_run(mnist, 24)
     half, _, _, _ = _dns_run(mnist, 12)
     ck = checkpoint.load(checkpoint.save(tmp_path / "half.h5", half, method="dns"))
@@ -104,8 +104,12 @@ def test_killed_writer_leaves_a_complete_checkpoint(tmp_path):
     path = tmp_path / "ck.h5"
     last = 0
     for _ in range(3):
-        child = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(last)], stdout=subprocess.PIPE,
-                                 text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+        child = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(last)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        )
         try:
             last = int(child.stdout.readline())  # one complete write done
             time.sleep(float(rng.uniform(0.0, 0.4)))
@@ -193,8 +197,16 @@ def test_truncated_files_are_refused(real_file, frac):
 
 
 @DAMAGE
-@given(flips=st.lists(st.tuples(st.one_of(st.integers(0, 4095), st.integers(0, 10**9), st.integers(-8192, -1)),
-                                st.integers(1, 255)), min_size=1, max_size=3))
+@given(
+    flips=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 4095), st.integers(0, 10**9), st.integers(-8192, -1)),
+            st.integers(1, 255),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_flipped_bytes_are_refused_or_harmless(real_file, flips):
     data, state = real_file
     buf = bytearray(data)
@@ -228,6 +240,7 @@ def test_deleted_groups_datasets_and_attributes_are_refused(real_file, layout, d
         def fn(p):
             with h5py.File(p, "r+") as f:
                 del f[name]
+
     _refused(_damaged(real_file, fn))
 
 
@@ -279,8 +292,14 @@ def test_nan_inf_and_non_binary_masks_are_refused(real_file, layout, data):
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
-    [("schema_version", 3, "newer"), ("schema_version", 0, "not valid"), ("schema_version", "2", "integer"),
-     ("format", "keras", "format"), ("format", "refdns-trace", "format"), ("net", "alexnet", "alexnet")],
+    [
+        ("schema_version", 3, "newer"),
+        ("schema_version", 0, "not valid"),
+        ("schema_version", "2", "integer"),
+        ("format", "keras", "format"),
+        ("format", "refdns-trace", "format"),
+        ("net", "alexnet", "alexnet"),
+    ],
 )
 def test_unknown_formats_and_newer_schemas_are_refused_by_name(real_file, key, value, message):
     def fn(p):

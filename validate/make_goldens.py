@@ -22,7 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = REPO / "data" / "golden"
 MAX_BYTES = 1_000_000
 # (net, method, steps): DNS goldens run long enough for pruning, splicing and a skipped draw to happen.
-GOLDENS = [("lenet-300-100", "dns", 5), ("lenet-300-100", "dense", 3), ("lenet-5", "dns", 4), ("lenet-5", "dense", 3)]
+GOLDENS = [
+    ("lenet-300-100", "dns", 5),
+    ("lenet-300-100", "dense", 3),
+    ("lenet-5", "dns", 4),
+    ("lenet-5", "dense", 3),
+]
 
 
 def golden_name(net: str, method: str) -> str:
@@ -32,7 +37,9 @@ def golden_name(net: str, method: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", help="folder holding mnist/ (default $REFDNS_DATA, then the user cache)")
-    ap.add_argument("--check", action="store_true", help="verify the committed goldens instead of rewriting them")
+    ap.add_argument(
+        "--check", action="store_true", help="verify the committed goldens instead of rewriting them"
+    )
     args = ap.parse_args(argv)
     x, y = load_mnist("train", data_dir=args.data_dir, download=False)
     out_dir = Path(tempfile.mkdtemp(prefix="goldens-")) if args.check else GOLDEN_DIR
@@ -42,9 +49,12 @@ def main(argv=None) -> int:
         summary = write_golden(path, get_spec(net), method, steps, x, y)
         size = path.stat().st_size
         ok &= size < MAX_BYTES
-        print(f"{path.name}: {size / 1e6:.3f} MB, {steps} steps, losses {[round(v, 4) for v in summary['loss']]}"
-              + (f", pruned {summary['pruned']}, spliced {summary['spliced']}" if summary["pruned"] else "")
-              + ("" if size < MAX_BYTES else "  OVER 1 MB"))
+        print(
+            f"{path.name}: {size / 1e6:.3f} MB, {steps} steps, "
+            f"losses {[round(v, 4) for v in summary['loss']]}"
+            + (f", pruned {summary['pruned']}, spliced {summary['spliced']}" if summary["pruned"] else "")
+            + ("" if size < MAX_BYTES else "  OVER 1 MB")
+        )
         if args.check:
             report = verify(GOLDEN_DIR / path.name, path)
             if not report.ok:

@@ -17,7 +17,7 @@ thresholds a and b, the masks, the updated weights) is computed here.
 
 Usage::
 
-    python validate/torch_crosscheck.py            # every golden in data/golden/, results in validate/results/
+    python validate/torch_crosscheck.py          # every golden in data/golden/; tables in validate/results/
     python validate/torch_crosscheck.py --quick    # only lenet-300-100 DNS
     python validate/torch_crosscheck.py GOLDEN.h5 -o CANDIDATE.h5 [--wrong masked-grad|no-splice]
 
@@ -55,15 +55,31 @@ except ImportError:  # the message is printed by main()
 # ----------------------------------------------------------------------------------------------- nets
 # Caffe's models, as (kind, layer name) ops; names follow the trace's "activations" attribute.
 NETS = {
-    "lenet-300-100": [("flatten", ""), ("dense", "ip1"), ("relu", ""), ("dense", "ip2"), ("relu", ""),
-                      ("dense", "ip3")],
-    "lenet-5": [("conv", "conv1"), ("pool", ""), ("conv", "conv2"), ("pool", ""), ("flatten", ""),
-                ("dense", "ip1"), ("relu", ""), ("dense", "ip2")],
+    "lenet-300-100": [
+        ("flatten", ""),
+        ("dense", "ip1"),
+        ("relu", ""),
+        ("dense", "ip2"),
+        ("relu", ""),
+        ("dense", "ip3"),
+    ],
+    "lenet-5": [
+        ("conv", "conv1"),
+        ("pool", ""),
+        ("conv", "conv2"),
+        ("pool", ""),
+        ("flatten", ""),
+        ("dense", "ip1"),
+        ("relu", ""),
+        ("dense", "ip2"),
+    ],
 }
 
 
 def forward(net, w, x):
-    """Logits and every op's output. ``w`` maps '<layer>.weight' / '<layer>.bias' to tensors (Caffe layout)."""
+    """Logits and every op's output; ``w`` maps '<layer>.weight' / '<layer>.bias' to tensors (Caffe layouts).
+
+    """
     outs = []
     h = x
     for kind, name in NETS[net]:
@@ -129,16 +145,27 @@ def replay(golden_path, out_path, wrong=None):
         v = {k: torch.zeros_like(w[k]) for k in keys}
         sgd = cfg["train"]["sgd"]
         th = None
-        fh = tempfile.NamedTemporaryFile(dir=Path(out_path).parent, prefix=".cand.", suffix=".h5", delete=False)
+        fh = tempfile.NamedTemporaryFile(
+            dir=Path(out_path).parent, prefix=".cand.", suffix=".h5", delete=False
+        )
         fh.close()
         with h5py.File(fh.name, "w") as c:
-            c.attrs.update({"format": "refdns-trace", "schema_version": 1, "net": net, "method": method,
-                            "steps": steps, "producer": f"validate/torch_crosscheck.py, PyTorch {torch.__version__}"
-                            + (f", WRONG variant {wrong}" if wrong else "")})
+            c.attrs.update(
+                {
+                    "format": "refdns-trace",
+                    "schema_version": 1,
+                    "net": net,
+                    "method": method,
+                    "steps": steps,
+                    "producer": f"validate/torch_crosscheck.py, PyTorch {torch.__version__}"
+                    + (f", WRONG variant {wrong}" if wrong else ""),
+                }
+            )
             for grp, src in (("params", w), ("masks", m), ("velocity", v)):
                 for k, a in src.items():
-                    c[f"init/{grp}/{k.replace('.', '/')}"] = a.numpy().astype(np.uint8 if grp == "masks" else
-                                                                                np.float32)
+                    c[f"init/{grp}/{k.replace('.', '/')}"] = a.numpy().astype(
+                        np.uint8 if grp == "masks" else np.float32
+                    )
             for t in range(steps):
                 s = g[f"steps/{t:04d}"]
                 it = int(s.attrs["iteration"])
@@ -148,9 +175,17 @@ def replay(golden_path, out_path, wrong=None):
                 out["inputs"], out["labels"] = x.numpy(), y.numpy()
                 if dns:  # surgery before the forward pass (Caffe's CInnerProduct/CConvolution Forward)
                     if th is None:  # once, from the weights at the first surgery iteration
-                        th = {n: dns_thresholds(w[n + ".weight"], w[n + ".bias"], m[n + ".weight"], m[n + ".bias"],
-                                                cfg["method"]["layers"][n]["c_rate"], cfg["method"]["band"])
-                              for n in layers}
+                        th = {
+                            n: dns_thresholds(
+                                w[n + ".weight"],
+                                w[n + ".bias"],
+                                m[n + ".weight"],
+                                m[n + ".bias"],
+                                cfg["method"]["layers"][n]["c_rate"],
+                                cfg["method"]["band"],
+                            )
+                            for n in layers
+                        }
                     fired = s["surgery/fired"][()]  # the golden's Bernoulli outcomes: input to the replay
                     pruned, spliced = [], []
                     for i, n in enumerate(layers):
@@ -180,7 +215,7 @@ def replay(golden_path, out_path, wrong=None):
                 logits, outs = forward(net, w_eff, x)
                 loss = F.cross_entropy(logits, y)  # mean over the batch
                 loss.backward()
-                for name, o in zip(names, outs):
+                for name, o in zip(names, outs, strict=True):
                     out[f"activations/{name}"] = o.detach().numpy()
                 out["loss"] = np.float32(loss.item())
                 lr = caffe_lr(sgd, it)
@@ -238,13 +273,19 @@ def main(argv=None):
     ap.add_argument("--json", metavar="FILE", help="machine-readable results (default validate/results/...)")
     args = ap.parse_args(argv)
     if torch is None:
-        print("torch_crosscheck: SKIPPED: PyTorch is not installed. It is optional; to run this cross-check: "
-              "pip install torch==2.13.0")
+        print(
+            "torch_crosscheck: SKIPPED: PyTorch is not installed. It is optional; to run this cross-check: "
+            "pip install torch==2.13.0"
+        )
         return 0
     torch.set_num_threads(1)
     if args.golden:
-        out = args.out or str(Path(args.golden).with_suffix("")) + (f"-torch-{args.wrong}" if args.wrong else
-                                                                      "-torch") + ".h5"
+        out = (
+            args.out
+            or str(Path(args.golden).with_suffix(""))
+            + (f"-torch-{args.wrong}" if args.wrong else "-torch")
+            + ".h5"
+        )
         replay(args.golden, out, args.wrong)
         code, table = run_verify(args.golden, out)
         print(table)
@@ -255,12 +296,18 @@ def main(argv=None):
     if not goldens:
         raise SystemExit(f"no goldens in {GOLDEN_DIR}; run validate/make_goldens.py")
     tmp = Path(tempfile.mkdtemp(prefix="torch-crosscheck-"))
-    md = ["# PyTorch cross-check of the golden traces", "",
-          f"`python validate/torch_crosscheck.py{' --quick' if args.quick else ''}`, PyTorch {torch.__version__}, "
-          f"h5py {h5py.__version__}. Each golden is replayed by an independent PyTorch implementation "
-          "(autograd, no refdns code) and compared by `refdns verify`; the wrong variants must be caught at the "
-          "step the golden's own record predicts.", "",
-          "| golden | size | variant | verify | diverges at | expected | result |", "|---|---:|---|---|---|---|---|"]
+    md = [
+        "# PyTorch cross-check of the golden traces",
+        "",
+        f"`python validate/torch_crosscheck.py{' --quick' if args.quick else ''}`, "
+        f"PyTorch {torch.__version__}, "
+        f"h5py {h5py.__version__}. Each golden is replayed by an independent PyTorch implementation "
+        "(autograd, no refdns code) and compared by `refdns verify`; the wrong variants must be caught at "
+        "the step the golden's own record predicts.",
+        "",
+        "| golden | size | variant | verify | diverges at | expected | result |",
+        "|---|---:|---|---|---|---|---|",
+    ]
     tables, results, ok_all = [], [], True
     try:
         for golden in goldens:
@@ -280,12 +327,24 @@ def main(argv=None):
                 want = None if wrong is None else expected_step(golden, wrong)
                 ok = (code == 0) if wrong is None else (code == 1 and div == str(want))
                 ok_all &= ok
-                results.append({"golden": golden.name, "bytes": golden.stat().st_size, "variant": wrong or "correct",
-                                "verify_exit": code, "diverges_at": div, "expected": want, "ok": ok,
-                                "seconds": seconds, "verdict": verdict})
-                md.append(f"| {golden.name} | {golden.stat().st_size / 1e6:.3f} MB | {wrong or 'correct'} | "
-                          f"{'PASS' if code == 0 else 'FAIL'} | {div if div is not None else '-'} | "
-                          f"{want if wrong else 'pass'} | {'ok' if ok else 'WRONG'} |")
+                results.append(
+                    {
+                        "golden": golden.name,
+                        "bytes": golden.stat().st_size,
+                        "variant": wrong or "correct",
+                        "verify_exit": code,
+                        "diverges_at": div,
+                        "expected": want,
+                        "ok": ok,
+                        "seconds": seconds,
+                        "verdict": verdict,
+                    }
+                )
+                md.append(
+                    f"| {golden.name} | {golden.stat().st_size / 1e6:.3f} MB | {wrong or 'correct'} | "
+                    f"{'PASS' if code == 0 else 'FAIL'} | {div if div is not None else '-'} | "
+                    f"{want if wrong else 'pass'} | {'ok' if ok else 'WRONG'} |"
+                )
                 tables.append(f"## {golden.name}, {wrong or 'correct'} replay\n\n```\n{table.strip()}\n```\n")
                 print(f"{golden.name:28s} {wrong or 'correct':12s} verify exit {code}  {verdict}")
     finally:
@@ -294,8 +353,12 @@ def main(argv=None):
     suffix = "-quick" if args.quick else ""
     (RESULTS / f"torch_crosscheck{suffix}.md").write_text("\n".join(md) + "\n\n" + "\n".join(tables))
     Path(args.json or RESULTS / f"torch_crosscheck{suffix}.json").write_text(
-        json.dumps({"torch": torch.__version__, "results": results, "ok": ok_all}, indent=2) + "\n")
-    print(f"{'all as expected' if ok_all else 'UNEXPECTED RESULTS'}; tables in {RESULTS}/torch_crosscheck{suffix}.md")
+        json.dumps({"torch": torch.__version__, "results": results, "ok": ok_all}, indent=2) + "\n"
+    )
+    print(
+        f"{'all as expected' if ok_all else 'UNEXPECTED RESULTS'}; "
+        f"tables in {RESULTS}/torch_crosscheck{suffix}.md"
+    )
     return 0 if ok_all else 1
 
 

@@ -15,6 +15,9 @@ Layout (schema 2; schema 1 is the same without ``manifest``)::
     /rng/mask   attrs: bit_generator (JSON)                               -- DNS's Bernoulli draws
     /history/loss, lr, test_error            (n, 2) float64: iteration, value
     /history/mask_updates/<column>           one row per (update, layer): iteration, layer, pruned, ...
+    bytes 0-511 (HDF5 user block): the seal, "refdns-checkpoint-seal 1\nsha256 <hex>\nbytes <n>\n", the SHA-256
+                                  of every byte after the user block, checked before HDF5 parses anything
+                                  (libhdf5 can loop forever or crash on damaged metadata)
     / attr manifest (JSON): {"datasets": {path: sha256}, "attributes": sha256}
                                              -- every dataset's bytes and every attribute, so a flipped bit
                                                 in the numbers, a deleted dataset or an edited attribute is
@@ -46,6 +49,62 @@ FORMAT = "refdns-checkpoint"
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 MANIFEST_ATTR = "manifest"
+USERBLOCK = 512
+SEAL_MAGIC = b"refdns-checkpoint-seal 1\n"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _hash_after_userblock(fh) -> tuple[str, int]:
+    fh.seek(USERBLOCK)
+    h = hashlib.sha256()
+    n = 0
+    while chunk := fh.read(1 << 20):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+def seal(path: str | os.PathLike) -> None:
+    """Write the seal (SHA-256 of the HDF5 data) into a checkpoint's user block.
+
+    :func:`save` does this; call it yourself only after deliberately editing a checkpoint with an HDF5 tool
+    (h5py ``r+``, h5edit), or :func:`load` refuses the edited file as damaged.
+    """
+    with open(path, "rb+") as fh:
+        head = fh.read(USERBLOCK)
+        if len(head) < USERBLOCK or not (head.startswith(SEAL_MAGIC) or head == bytes(USERBLOCK)):
+            raise CheckpointError(f"{path}: no {USERBLOCK}-byte user block to seal (not a schema-2 checkpoint)")
+        digest, n = _hash_after_userblock(fh)
+        block = SEAL_MAGIC + f"sha256 {digest}\nbytes {n}\n".encode()
+        fh.seek(0)
+        fh.write(block.ljust(USERBLOCK, b"\0"))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _check_seal(path: Path) -> bool:
+    """True if the file is sealed and intact, False for an unsealed (schema 1) HDF5 file; raises otherwise."""
+    with open(path, "rb") as fh:
+        head = fh.read(USERBLOCK)
+        if head.startswith(HDF5_SIGNATURE):
+            return False
+        if not head.startswith(SEAL_MAGIC):
+            raise CheckpointError(f"{path}: not a refdns checkpoint (neither a seal nor an HDF5 signature at the "
+                                  "start; truncated, corrupt or another kind of file)")
+        lines = head[len(SEAL_MAGIC):].split(b"\0", 1)[0].decode("ascii", "replace").split("\n")
+        try:
+            want = lines[0].removeprefix("sha256 ")
+            want_n = int(lines[1].removeprefix("bytes "))
+        except (IndexError, ValueError):
+            raise CheckpointError(f"{path}: damaged seal in the first {USERBLOCK} bytes") from None
+        digest, n = _hash_after_userblock(fh)
+    if n != want_n:
+        raise CheckpointError(f"{path}: {n} bytes of HDF5 data, the seal says {want_n} (truncated or extended "
+                              "after it was written)")
+    if digest != want:
+        raise CheckpointError(f"{path}: the data does not match its SHA-256 seal: damaged, or edited after it "
+                              "was written (after a deliberate edit, call refdns.checkpoint.seal)")
+    return True
 MASK_UPDATE_COLUMNS = ("iteration", "layer", "pruned", "spliced", "kept", "total")
 
 
@@ -117,7 +176,7 @@ def save(path: str | os.PathLike, state: RunState, *, method: str = "dense", con
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
             f.attrs["format"] = FORMAT
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["refdns_version"] = __version__
@@ -152,8 +211,7 @@ def save(path: str | os.PathLike, state: RunState, *, method: str = "dense", con
                     mu.create_dataset(col, data=np.array([r[col] for r in recs], dtype=np.int64))
             f.attrs[MANIFEST_ATTR] = json.dumps(_manifest(f), sort_keys=True)
             f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        seal(tmp)  # fsyncs
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -224,13 +282,14 @@ def load(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    sealed = _check_seal(path)  # before HDF5 sees a byte: libhdf5 can hang on damaged metadata
     try:
         f = h5py.File(path, "r")
     except Exception as e:  # h5py raises OSError for most damage, but not for all of it
         raise CheckpointError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {e}") from None
     try:
         with f:
-            return _load_open(f, path)
+            return _load_open(f, path, sealed)
     except CheckpointError:
         raise
     except Exception as e:  # a damaged file can make h5py/json fail in many ways; all of them mean "damaged"
@@ -275,7 +334,7 @@ def _pairs_dataset(f: h5py.File, name: str, path: Path) -> np.ndarray:
     return arr
 
 
-def _load_open(f: h5py.File, path: Path) -> Checkpoint:
+def _load_open(f: h5py.File, path: Path, sealed: bool) -> Checkpoint:
     fmt = _attr(f, "format", path)
     if fmt != FORMAT:
         raise CheckpointError(f"{path}: format {fmt!r} is not {FORMAT!r}")
@@ -290,6 +349,8 @@ def _load_open(f: h5py.File, path: Path) -> Checkpoint:
         )
     if schema not in READABLE_SCHEMAS:
         raise CheckpointError(f"{path}: schema_version {schema} is not valid (readable: {READABLE_SCHEMAS})")
+    if schema >= 2 and not sealed:
+        raise CheckpointError(f"{path}: a schema {schema} checkpoint without its seal (user block) is damaged")
     for group in ("params", "masks", "optimizer/velocity", "method_state", "rng/data", "rng/mask",
                   "history", "history/mask_updates"):
         if group not in f or not isinstance(f[group], h5py.Group):

@@ -72,10 +72,13 @@ def test_dns_resume_is_bit_exact(mnist, tmp_path):
 
 def test_schema_1_files_still_load(mnist, tmp_path):
     state, *_ = _dns_run(mnist, 3)
-    path = checkpoint.save(tmp_path / "old.h5", state, method="dns")
-    with h5py.File(path, "r+") as f:  # what a schema-1 writer produced: no manifest
-        del f.attrs["manifest"]
-        f.attrs["schema_version"] = 1
+    src = checkpoint.save(tmp_path / "new.h5", state, method="dns")
+    path = tmp_path / "old.h5"
+    with h5py.File(src) as a, h5py.File(path, "w") as b:  # what a schema-1 writer produced: no seal, no manifest
+        for k in a:
+            a.copy(a[k], b, name=k)
+        b.attrs.update({k: v for k, v in a.attrs.items() if k != "manifest"})
+        b.attrs["schema_version"] = 1
     ck = checkpoint.load(path)
     assert ck.schema_version == 1
     _assert_same_run(state, ck.state)
@@ -142,6 +145,17 @@ def _damaged(real_file, fn) -> Path:
     if fn is not None:
         fn(path)
     return path
+
+
+def _resealing(fn, reseal: bool):
+    """An h5py edit, resealed (a deliberate edit: the content checks must refuse it) or not (the seal must)."""
+
+    def run(p):
+        fn(p)
+        if reseal:
+            checkpoint.seal(p)
+
+    return run
 
 
 def _refused(path: Path) -> str:
@@ -241,7 +255,9 @@ def test_deleted_groups_datasets_and_attributes_are_refused(real_file, layout, d
             with h5py.File(p, "r+") as f:
                 del f[name]
 
-    _refused(_damaged(real_file, fn))
+    reseal = data.draw(st.booleans())
+    msg = _refused(_damaged(real_file, _resealing(fn, reseal)))
+    assert reseal or "seal" in msg
 
 
 @DAMAGE
@@ -260,13 +276,16 @@ def test_wrong_dtypes_and_shapes_are_refused(real_file, layout, data):
             elif change == "add_axis":
                 arr = arr[None]
             else:
-                arr = arr.astype(change)
+                with np.errstate(over="ignore"):
+                    arr = arr.astype(change)
                 if arr.dtype == f[name].dtype:
                     arr = arr.astype(np.float32 if arr.dtype != np.float32 else np.float64)
             del f[name]
             f.create_dataset(name, data=arr)
 
-    _refused(_damaged(real_file, fn))
+    reseal = data.draw(st.booleans())
+    msg = _refused(_damaged(real_file, _resealing(fn, reseal)))
+    assert reseal or "seal" in msg
 
 
 @DAMAGE
@@ -286,8 +305,12 @@ def test_nan_inf_and_non_binary_masks_are_refused(real_file, layout, data):
             flat[pos % flat.size] = value
             f[name][...] = flat.reshape(arr.shape)
 
-    msg = _refused(_damaged(real_file, fn))
-    assert ("0 and 1" in msg) if use_mask else ("NaN or Inf" in msg)
+    reseal = data.draw(st.booleans())
+    msg = _refused(_damaged(real_file, _resealing(fn, reseal)))
+    if not reseal:
+        assert "seal" in msg
+    else:
+        assert ("0 and 1" in msg) if use_mask else ("NaN or Inf" in msg)
 
 
 @pytest.mark.parametrize(
@@ -306,7 +329,7 @@ def test_unknown_formats_and_newer_schemas_are_refused_by_name(real_file, key, v
         with h5py.File(p, "r+") as f:
             f.attrs[key] = value
 
-    assert message in _refused(_damaged(real_file, fn))
+    assert message in _refused(_damaged(real_file, _resealing(fn, True)))
 
 
 def test_edited_config_attribute_is_caught_by_the_manifest(real_file):
@@ -314,4 +337,12 @@ def test_edited_config_attribute_is_caught_by_the_manifest(real_file):
         with h5py.File(p, "r+") as f:
             f.attrs["config"] = '{"note": "edited"}'
 
-    assert "attributes do not match" in _refused(_damaged(real_file, fn))
+    assert "attributes do not match" in _refused(_damaged(real_file, _resealing(fn, True)))
+    assert "seal" in _refused(_damaged(real_file, fn))  # the same edit, not resealed
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_before_hdf5_reads_it(tmp_path):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"GIF89a" + bytes(1000))
+    with pytest.raises(CheckpointError, match="not a refdns checkpoint"):
+        checkpoint.load(junk)

@@ -33,9 +33,8 @@ def test_committed_goldens_match_a_fresh_run(mnist, tmp_path, net, method, steps
     fresh = tmp_path / committed.name
     golden.write_golden(fresh, get_spec(net), method, steps, mnist[0], mnist[1])
     report = golden.verify(committed, fresh)
+    # within the named tolerances, not bit-exact: faster kernels may sum in another order
     assert report.ok, golden.format_report(report)
-    # and the comparison is exact here: the same code on the same machine
-    assert all(r.max_abs == 0 for r in report.tensors), golden.format_report(report)
 
 
 def test_dns_golden_shows_pruning_splicing_and_skipped_draws():

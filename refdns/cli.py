@@ -301,6 +301,111 @@ def _add_dns_args(p: argparse.ArgumentParser) -> None:
                    help="distiller reading: c_rate grows by this factor per epoch")
 
 
+def cmd_golden(args) -> int:
+    from refdns.datasets import load_mnist
+    from refdns.golden import write_golden
+    from refdns.nets import get_spec
+
+    spec = get_spec(args.net)
+    x, y = load_mnist("train", dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download)
+    summary = write_golden(args.out, spec, args.method, args.steps, x, y, seed=args.seed,
+                           batch_size=args.batch_size, max_elements=args.max_elements, dataset=args.dataset)
+    size = Path(args.out).stat().st_size
+    print(f"golden trace {args.out}: {spec.name}, {args.method}, {args.steps} steps of batch "
+          f"{args.batch_size}, seed {args.seed}, {size / 1e6:.3f} MB")
+    for t, loss in enumerate(summary["loss"]):
+        extra = ""
+        if summary["fired"]:
+            extra = (f"  fired {summary['fired'][t]}  pruned {summary['pruned'][t]}  "
+                     f"spliced {summary['spliced'][t]}")
+        print(f"  step {t}: loss {loss:.6f}{extra}")
+    if args.json:
+        write_json(args.json, summary | {"file": str(args.out), "bytes": size, "net": spec.name,
+                                         "method": args.method, "steps": args.steps})
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from refdns.golden import format_report, verify
+
+    report = verify(args.golden, args.candidate)
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, {"ok": report.ok, "golden": report.golden, "candidate": report.candidate,
+                               "divergence": None if report.ok else {"step": report.divergence[0],
+                                                                     "tensor": report.divergence[1]},
+                               "tensors": [{"name": r.name, "dtype": r.dtype, "steps": r.steps,
+                                            "max_abs": r.max_abs, "max_rel": r.max_rel,
+                                            "first_bad_step": r.first_bad_step,
+                                            "first_bad_index": r.first_bad_index, "ok": r.ok, "note": r.note}
+                                           for r in report.tensors]})
+    return 0 if report.ok else 1
+
+
+def cmd_import(args) -> int:
+    import numpy as np
+
+    from refdns import checkpoint
+    from refdns.interchange import read_npz
+    from refdns.nets import get_spec
+    from refdns.train import TrainConfig, new_run
+
+    spec = get_spec(args.net)
+    params = read_npz(args.npz, spec)
+    masks = {k: w != 0 for k, w in params.items()} if args.mask_from_zeros else None
+    state = new_run(spec, args.n_train, TrainConfig(batch_size=args.batch_size), seed=args.seed,
+                    params=params, masks=masks)
+    config = {"net": spec.name, "seed": args.seed, "imported_from": str(args.npz),
+              "mask_from_zeros": bool(args.mask_from_zeros)}
+    checkpoint.save(args.out, state, method="import", config=config)
+    kept = sum(int(np.count_nonzero(m)) for m in state.masks.values())
+    print(f"imported {args.npz} into {args.out}: {spec.name}, {kept:,} of {spec.n_params():,} parameters kept"
+          + (" (mask from the zero pattern)" if args.mask_from_zeros else ""))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from refdns import checkpoint
+    from refdns.interchange import write_npz
+    from refdns.train import effective_params
+
+    st = checkpoint.load(args.checkpoint).state
+    params = st.params if args.raw else effective_params(st.params, st.masks)
+    write_npz(args.out, params)
+    what = "raw W (pruned entries keep their values)" if args.raw else "W * mask (pruned entries are 0)"
+    print(f"exported {args.checkpoint} ({st.spec.name}) to {args.out}: {what}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from refdns import checkpoint
+    from refdns.datasets import load_mnist
+    from refdns.pipeline import layer_table
+    from refdns.train import evaluate
+
+    ck = checkpoint.load(args.checkpoint)
+    x, y = load_mnist("test", dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download)
+    err = evaluate(ck.state, x, y)
+    rows = layer_table(ck.state.spec, ck.state.masks)
+    print(f"{args.checkpoint}: {ck.state.spec.name} ({ck.method}, iteration {ck.state.iteration}) "
+          f"test error {100 * err:.2f}% on {args.dataset}")
+    print("| layer | kept weights | kept biases | kept | parameters | kept % |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['layer']} | {r['kept_weights']:,} | {r['kept_biases']:,} | {r['kept']:,} "
+              f"| {r['params']:,} | {100 * r['kept_fraction']:.2f} |")
+    if args.json:
+        total = rows[-1]
+        write_json(args.json, {"checkpoint": str(args.checkpoint), "net": ck.state.spec.name,
+                               "method": ck.method, "dataset": args.dataset, "test_error": err,
+                               "kept": total["kept"],
+                               "total": total["params"], "kept_fraction": total["kept_fraction"],
+                               "layers": {r["layer"]: {"kept": r["kept"], "total": r["params"],
+                                                       "kept_weights": r["kept_weights"],
+                                                       "kept_biases": r["kept_biases"]} for r in rows[:-1]}})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from refdns.nets import NETS
 
@@ -333,6 +438,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dns_args(p)
     _add_data_args(p)
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("golden", help="write a golden step trace (HDF5) for checking another implementation")
+    p.add_argument("--net", required=True, choices=sorted(NETS))
+    p.add_argument("--method", default="dns", choices=["dense", "dns"])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("-o", "--out", required=True, metavar="FILE", help="trace file to write (HDF5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-elements", type=int, default=1024,
+                   help="per-step tensors larger than this are stored as a strided sample")
+    p.add_argument("--json", metavar="FILE", help="also write the per-step summary as JSON")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_golden)
+
+    p = sub.add_parser("verify", help="compare a candidate trace with a golden one, tensor by tensor")
+    p.add_argument("golden")
+    p.add_argument("candidate")
+    p.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("import", help="make a checkpoint from an .npz weight file (<layer>.weight/.bias)")
+    p.add_argument("npz")
+    p.add_argument("--net", required=True, choices=sorted(NETS))
+    p.add_argument("-o", "--out", required=True, metavar="FILE", help="checkpoint to write")
+    p.add_argument("--mask-from-zeros", action="store_true",
+                   help="mask = the non-zero pattern of the weights")
+    p.add_argument("--seed", type=int, default=0, help="seeds the batch order and mask draws of a later run")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n-train", type=int, default=60_000,
+                   help="training-set size the batch order is drawn for")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="write a checkpoint's weights as an .npz file (<layer>.weight/.bias)")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--out", required=True, metavar="FILE")
+    p.add_argument("--raw", action="store_true", help="export W itself instead of W * mask")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="test error and per-layer kept counts of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", metavar="FILE", help="also write test_error (fraction) and kept counts as JSON")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -62,3 +62,12 @@ class SingularHessianError(RefdnsError, ArithmeticError):
         super().__init__(message)
         self.layer = layer
         self.step = step
+
+
+class TraceError(RefdnsError, ValueError):
+    """A golden trace (or a candidate trace) cannot be read or does not follow the trace schema."""
+
+
+class InterchangeError(RefdnsError, ValueError):
+    """An ``.npz`` weight file has missing or unexpected keys, wrong shapes or dtypes, or non-finite values.
+    """

@@ -150,14 +150,21 @@ def train_step(
     y: np.ndarray,
     cfg: TrainConfig,
     method: PruningMethod,
+    *,
+    trace: dict[str, Any] | None = None,
 ) -> tuple[float, float]:
-    """One iteration on one batch; returns (loss, lr). Updates ``state`` in place."""
+    """One iteration on one batch; returns (loss, lr). Updates ``state`` in place.
+
+    ``trace``, when given, is filled with copies of this step's intermediates (mask-update records, the
+    masks used by the forward pass, every op's output, dL/dW_eff before the method touches it); the golden
+    traces of :mod:`refdns.golden` are written from it, so they record exactly what this function does.
+    """
     it = state.iteration
     records = method.update_masks(it, state.params, state.masks, state.method_state, state.mask_rng)
     if records:
         state.history.mask_updates.extend(records)
     w_eff = effective_params(state.params, state.masks)
-    logits, cache = forward(state.spec, w_eff, x)
+    logits, cache = forward(state.spec, w_eff, x, keep_outputs=trace is not None)
     loss, dlogits = softmax_cross_entropy(logits, y)
     loss = float(loss)
     if not math.isfinite(loss):
@@ -167,6 +174,10 @@ def train_step(
             where="loss",
         )
     grads = backward(state.spec, dlogits, cache)
+    if trace is not None:
+        trace.update(records=records, masks={k: m.copy() for k, m in state.masks.items()},
+                     activations=[np.array(o, copy=True) for o in cache.outputs], loss=loss,
+                     grads={k: g.copy() for k, g in grads.items()})
     if not method.grad_through_mask:
         for k, g in grads.items():
             g *= state.masks[k]

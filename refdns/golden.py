@@ -1,0 +1,460 @@
+"""Golden step traces for other implementations, and the comparison behind ``refdns verify``.
+
+A trace is an HDF5 file (format ``refdns-trace``, schema in ``data/SCHEMA.md``) holding a short run from a
+fixed start on a fixed batch sequence: the initial parameters and masks, then for each step the inputs,
+labels, the masks used by the forward pass, every op's output, the loss, dL/dW_eff, the weights after the
+update, and for DNS the thresholds and whether each layer's Bernoulli draw fired. Another implementation
+(PyTorch, JAX, C++) replays the steps from the stored inputs and draws, writes the same tensors into a
+candidate file, and ``verify`` compares the two tensor by tensor with named tolerances, naming the first
+step where they part.
+
+The trace is written from :func:`refdns.train.train_step` itself (its ``trace`` hook), so it records what
+the training loop does, not a re-implementation of it.
+
+Per-step tensors larger than ``max_elements`` are stored as a strided sample ``full.reshape(-1)[::stride]``
+(attributes ``full_shape``, ``sample_stride``), which keeps the committed goldens under 1 MB; the inputs,
+labels, masks and the initial state are always stored whole, since a replay needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from refdns import __version__
+from refdns.config import to_dict
+from refdns.errors import TraceError
+from refdns.nets.sequential import NetSpec
+from refdns.optim import SGDConfig
+from refdns.prune.base import PruningMethod
+from refdns.prune.dns import DNS, DNSConfig, DNSLayerConfig
+from refdns.train import TrainConfig, new_run, train_step
+
+FORMAT = "refdns-trace"
+SCHEMA_VERSION = 1
+INIT_GRID = 2.0**-10  # initial weights are rounded to this grid: exact in float32, and they compress ~4x
+DEFAULT_MAX_ELEMENTS = 1024
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_SEED = 0
+
+# The DNS golden: gamma 0.25 makes sigma(t) = 1 / (1 + t / 4), so the draws both fire and skip within a few
+# steps; c_rate -0.5 puts the band low in the |w| distribution (t ~ 0.36 * max|w|), where many weights sit
+# near it, and base_lr 0.1 moves them across it: pruning and splicing both happen within 5 steps.
+GOLDEN_DNS_LAYER = DNSLayerConfig(c_rate=-1.5, gamma=0.25, power=1.0, iter_stop=1_000_000)
+GOLDEN_SGD = SGDConfig(base_lr=0.05)
+
+STEP_ORDER = (
+    "inputs",
+    "labels",
+    "lr",
+    "masks",
+    "thresholds",
+    "surgery",
+    "activations",
+    "loss",
+    "grads",
+    "params",
+)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|c - g| <= atol * max(1, max|g|) + rtol * |g|`` element-wise (g golden, c candidate)."""
+
+    rtol: float
+    atol: float
+
+
+# Different summation orders (BLAS, im2col vs direct conv) differ by rounding that grows over the steps;
+# float32 allows ~1000 ulp of the tensor's scale, float64 (thresholds, lr) ~1e5 ulp. Integers are exact.
+TOLERANCES: dict[str, Tolerance] = {
+    "float32": Tolerance(rtol=1e-4, atol=1e-5),
+    "float64": Tolerance(rtol=1e-9, atol=1e-12),
+}
+
+
+def golden_method(net: str, method: str) -> PruningMethod:
+    """The pruning method a golden of ``method`` runs: ``dense`` (none) or the golden DNS settings."""
+    from refdns.nets import get_spec
+
+    spec = get_spec(net)
+    if method == "dense":
+        return PruningMethod()
+    if method == "dns":
+        return DNS(DNSConfig(layers={n: GOLDEN_DNS_LAYER for n in spec.layer_names}))
+    raise TraceError(f"method={method!r}: goldens exist for 'dense' and 'dns'")
+
+
+def _activation_names(spec: NetSpec) -> list[str]:
+    return [f"{i:02d}_{op.kind}" + (f"_{op.name}" if op.name else "") for i, op in enumerate(spec.ops)]
+
+
+def _put(group: h5py.Group, name: str, arr: np.ndarray, *, max_elements: int | None = None) -> None:
+    """Write one tensor (gzip + shuffle when large); a strided sample when it has more than max_elements."""
+    arr = np.asarray(arr)
+    attrs = {}
+    if max_elements is not None and arr.size > max_elements:
+        stride = math.ceil(arr.size / max_elements)
+        attrs = {"full_shape": np.asarray(arr.shape, dtype=np.int64), "sample_stride": stride}
+        arr = np.ascontiguousarray(arr.reshape(-1)[::stride])
+    # one chunk per tensor: per-chunk index entries would cost more than the data of the small ones
+    kw = dict(compression="gzip", compression_opts=9, shuffle=True, chunks=arr.shape) if arr.size > 64 else {}
+    ds = group.create_dataset(name, data=arr, **kw)
+    for k, v in attrs.items():
+        ds.attrs[k] = v
+
+
+def _put_params(group: h5py.Group, tensors: dict[str, np.ndarray], dtype, max_elements=None) -> None:
+    for key, arr in tensors.items():
+        layer, kind = key.split(".")
+        _put(group.require_group(layer), kind, np.asarray(arr, dtype=dtype), max_elements=max_elements)
+
+
+def write_golden(
+    path: str | os.PathLike,
+    spec: NetSpec,
+    method_name: str,
+    steps: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    *,
+    seed: int = DEFAULT_SEED,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    dataset: str = "mnist",
+) -> dict[str, Any]:
+    """Run ``steps`` training steps from a fixed start and write the trace to ``path`` atomically.
+
+    Parameters
+    ----------
+    spec : NetSpec
+    method_name : "dense" or "dns"
+    steps : int, >= 1
+    x_train : ndarray, shape (N, 1, 28, 28), float32
+    y_train : ndarray, shape (N,), int64
+    seed : int
+        Fixes the initial weights (Caffe xavier, rounded to :data:`INIT_GRID`), the batch order and the
+        DNS draws, through :func:`refdns.train.new_run`.
+
+    Returns
+    -------
+    summary : dict
+        Per-step loss, and for DNS the pruned/spliced counts and fired flags per layer.
+    """
+    if steps < 1:
+        raise TraceError(f"steps={steps} must be >= 1")
+    method = golden_method(spec.name, method_name)
+    cfg = TrainConfig(iterations=steps, batch_size=batch_size, test_interval=0, sgd=GOLDEN_SGD)
+    state = new_run(spec, len(x_train), cfg, seed=seed)
+    state.params = {
+        k: (np.round(w / INIT_GRID) * INIT_GRID).astype(np.float32) for k, w in state.params.items()
+    }
+    state.method_state = method.init_state(spec, state.params)  # as refdns.train.train does at iteration 0
+    layers = list(spec.layer_names)
+    config = {
+        "net": spec.name,
+        "dataset": dataset,
+        "seed": seed,
+        "train": to_dict(cfg),
+        "method": method.config_dict() | {"method": method_name},
+        "golden": {
+            "steps": steps,
+            "batch_size": batch_size,
+            "init_grid": INIT_GRID,
+            "max_elements": max_elements,
+            "start": "Caffe xavier from new_run(seed), rounded to init_grid; zero velocity",
+            "batches": f"{dataset} train set, BatchStream order of new_run(seed)",
+        },
+    }
+    summary: dict[str, Any] = {"loss": [], "pruned": [], "spliced": [], "fired": []}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        # libver v110 (HDF5 >= 1.10): compact groups and single-chunk indexes, a fraction of the metadata
+        with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
+            f.attrs.update(
+                {
+                    "format": FORMAT,
+                    "schema_version": SCHEMA_VERSION,
+                    "refdns_version": __version__,
+                    "net": spec.name,
+                    "method": method_name,
+                    "seed": seed,
+                    "steps": steps,
+                    "batch_size": batch_size,
+                    "producer": f"refdns {__version__}",
+                    "config": json.dumps(config, sort_keys=True),
+                }
+            )
+            f.attrs["layers"] = np.array(layers, dtype=h5py.string_dtype())
+            f.attrs["activations"] = np.array(_activation_names(spec), dtype=h5py.string_dtype())
+            init = f.create_group("init")
+            _put_params(init.create_group("params"), state.params, np.float32)
+            _put_params(init.create_group("masks"), state.masks, np.uint8)
+            _put_params(init.create_group("velocity"), state.velocity, np.float32)
+            for t in range(steps):
+                idx = state.data.next_indices()
+                x, y = x_train[idx], y_train[idx]
+                rec: dict[str, Any] = {}
+                loss, lr = train_step(state, x, y, cfg, method, trace=rec)
+                g = f.create_group(f"steps/{t:04d}")
+                g.attrs["iteration"] = t
+                _put(g, "inputs", np.asarray(x, dtype=np.float32))
+                _put(g, "labels", np.asarray(y, dtype=np.int64))
+                _put(g, "lr", np.float64(lr))
+                _put_params(g.create_group("masks"), rec["masks"], np.uint8)
+                act = g.create_group("activations")
+                for name, out in zip(_activation_names(spec), rec["activations"], strict=True):
+                    _put(act, name, out, max_elements=max_elements)
+                _put(g, "loss", np.float32(rec["loss"]))
+                _put_params(g.create_group("grads"), rec["grads"], np.float32, max_elements)
+                _put_params(g.create_group("params"), state.params, np.float32, max_elements)
+                summary["loss"].append(loss)
+                if isinstance(method, DNS):
+                    by_layer = {r["layer"]: r for r in rec["records"]}
+                    th = g.create_group("thresholds")
+                    for k in ("a", "b", "mu", "std", "t"):
+                        _put(th, k, np.array([float(state.method_state[f"{n}.{k}"]) for n in layers]))
+                    s = g.create_group("surgery")
+                    fired = np.array([n in by_layer for n in layers], dtype=np.uint8)
+                    pruned = np.array([by_layer.get(n, {}).get("pruned", 0) for n in layers], dtype=np.int64)
+                    spliced = np.array(
+                        [by_layer.get(n, {}).get("spliced", 0) for n in layers], dtype=np.int64
+                    )
+                    _put(s, "fired", fired)
+                    _put(s, "pruned", pruned)
+                    _put(s, "spliced", spliced)
+                    summary["fired"].append(fired.tolist())
+                    summary["pruned"].append(pruned.tolist())
+                    summary["spliced"].append(spliced.tolist())
+            f.flush()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- verify
+
+
+@dataclass
+class TensorResult:
+    """One tensor (e.g. ``grads/ip1/weight``) compared over every step that holds it."""
+
+    name: str
+    dtype: str
+    tolerance: str
+    steps: int = 0
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    first_bad_step: int | None = None  # -1 means the initial state
+    first_bad_index: tuple[int, ...] | None = None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad_step is None
+
+
+@dataclass
+class VerifyReport:
+    golden: str
+    candidate: str
+    tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(TOLERANCES))
+    tensors: list[TensorResult] = field(default_factory=list)
+    divergence: tuple[int, str] | None = None  # (step, tensor) of the first mismatch in run order
+
+    @property
+    def ok(self) -> bool:
+        return self.divergence is None
+
+
+def _open_trace(path: str | os.PathLike, role: str) -> h5py.File:
+    path = Path(path)
+    if not path.exists():
+        raise TraceError(f"{role} trace {path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except Exception as e:
+        raise TraceError(f"{role} trace {path}: not a readable HDF5 file: {e}") from None
+    fmt = f.attrs.get("format")
+    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+    if fmt != FORMAT:
+        f.close()
+        raise TraceError(f"{role} trace {path}: format {fmt!r} is not {FORMAT!r}")
+    schema = int(f.attrs.get("schema_version", -1))
+    if not 1 <= schema <= SCHEMA_VERSION:
+        f.close()
+        raise TraceError(
+            f"{role} trace {path}: schema_version {schema} is not one this refdns reads (1..{SCHEMA_VERSION})"
+        )
+    return f
+
+
+def _order_key(tensor: str) -> tuple[int, str]:
+    head = tensor.split("/")[0]
+    return (STEP_ORDER.index(head) if head in STEP_ORDER else len(STEP_ORDER), tensor)
+
+
+def _datasets(f: h5py.File) -> list[tuple[int, str, str]]:
+    """(step, tensor name, HDF5 path) of every dataset, in run order (init first as step -1)."""
+    out = []
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Dataset):
+            return
+        parts = name.split("/")
+        if parts[0] == "init":
+            out.append((-1, name, name))
+        elif parts[0] == "steps" and len(parts) > 2:
+            out.append((int(parts[1]), "/".join(parts[2:]), name))
+
+    f.visititems(visit)
+    return sorted(out, key=lambda t: (t[0], _order_key(t[1])))
+
+
+def _as_golden_layout(g_ds: h5py.Dataset, c_ds: h5py.Dataset) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Golden values, candidate values in the golden's (possibly sampled) layout, and the full shape."""
+    g = g_ds[()]
+    c = c_ds[()]
+    stride = int(g_ds.attrs.get("sample_stride", 1))
+    full = tuple(int(s) for s in g_ds.attrs["full_shape"]) if "sample_stride" in g_ds.attrs else g.shape
+    c_stride = int(c_ds.attrs.get("sample_stride", 1))
+    if c_stride == stride and c.shape == g.shape:
+        return g, c, full
+    if c_stride == 1 and c.shape == full:
+        return g, np.ascontiguousarray(c.reshape(-1)[::stride]), full
+    raise TraceError(f"shape {c.shape} (stride {c_stride}) does not match the golden's {full}")
+
+
+def compare_arrays(g: np.ndarray, c: np.ndarray, tol: Tolerance | None) -> tuple[float, float, int | None]:
+    """(max abs error, max rel error, first bad flat index or None); ``tol=None`` means exact."""
+    g64 = g.astype(np.float64).reshape(-1)
+    c64 = c.astype(np.float64).reshape(-1)
+    diff = np.abs(c64 - g64)
+    diff[np.isnan(c64) & np.isnan(g64)] = 0.0
+    diff[np.isnan(diff)] = np.inf  # NaN on one side only, or inf - inf
+    if tol is None:
+        bound = np.zeros_like(g64)
+        floor = 1.0
+    else:
+        scale = max(1.0, float(np.max(np.abs(g64)))) if g64.size else 1.0
+        bound = tol.atol * scale + tol.rtol * np.abs(g64)
+        floor = tol.atol
+    bad = np.flatnonzero(~(diff <= bound))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / np.maximum(np.abs(g64), floor)).max()) if diff.size else 0.0
+    return max_abs, max_rel, (int(bad[0]) if bad.size else None)
+
+
+def _compare_one(row: TensorResult, step: int, g_ds: h5py.Dataset, c_ds, tol: Tolerance | None) -> None:
+    if not isinstance(c_ds, h5py.Dataset):
+        if row.ok:
+            row.first_bad_step, row.note = step, "missing in candidate"
+        return
+    try:
+        g, c, full = _as_golden_layout(g_ds, c_ds)
+    except TraceError as e:
+        if row.ok:
+            row.first_bad_step, row.note = step, str(e)
+        return
+    max_abs, max_rel, bad = compare_arrays(g, c, tol)
+    row.max_abs = max(row.max_abs, max_abs)
+    row.max_rel = max(row.max_rel, max_rel)
+    if bad is not None and row.ok:
+        stride = int(g_ds.attrs.get("sample_stride", 1))
+        row.first_bad_step = step
+        row.first_bad_index = tuple(int(i) for i in np.unravel_index(bad * stride, full)) if full else ()
+        row.note = f"golden {g.reshape(-1)[bad]:.9g}, candidate {c.reshape(-1)[bad]:.9g}"
+
+
+def verify(
+    golden: str | os.PathLike, candidate: str | os.PathLike, tolerances: dict[str, Tolerance] | None = None
+) -> VerifyReport:
+    """Compare every tensor of ``golden`` with the same tensor of ``candidate``.
+
+    Floating tensors use ``tolerances[dtype]`` (default :data:`TOLERANCES`), chosen by the golden's dtype;
+    integer tensors (masks, labels, fired flags, counts) must match exactly. A tensor missing from the
+    candidate, or of another shape, is a mismatch at its step.
+    """
+    tolerances = TOLERANCES if tolerances is None else tolerances
+    report = VerifyReport(str(golden), str(candidate), dict(tolerances))
+    rows: dict[str, TensorResult] = {}
+    with _open_trace(golden, "golden") as gf, _open_trace(candidate, "candidate") as cf:
+        for key in ("net", "method"):
+            gv, cv = gf.attrs.get(key), cf.attrs.get(key)
+            if gv != cv:
+                raise TraceError(
+                    f"the traces are of different runs: golden {key}={gv!r}, candidate {key}={cv!r}"
+                )
+        for step, tensor, hpath in _datasets(gf):
+            name = tensor if step >= 0 else hpath
+            g_ds = gf[hpath]
+            kind = g_ds.dtype.name
+            tol = tolerances.get(kind) if g_ds.dtype.kind == "f" else None
+            if g_ds.dtype.kind == "f" and tol is None:
+                raise TraceError(f"no tolerance named for dtype {kind} (tensor {name})")
+            row = rows.setdefault(
+                name,
+                TensorResult(
+                    name, kind, "exact" if tol is None else f"{kind}: rtol {tol.rtol:g}, atol {tol.atol:g}"
+                ),
+            )
+            row.steps += 1
+            _compare_one(row, step, g_ds, cf[hpath] if hpath in cf else None, tol)
+            if not row.ok and report.divergence is None:  # datasets come in run order: the first is earliest
+                report.divergence = (row.first_bad_step, name)
+    report.tensors = list(rows.values())
+    return report
+
+
+def _fmt(x: float) -> str:
+    return "0" if x == 0 else f"{x:.2e}"
+
+
+def format_report(report: VerifyReport) -> str:
+    """The per-tensor table (markdown) and a closing verdict line."""
+    lines = [
+        f"golden    {report.golden}",
+        f"candidate {report.candidate}",
+        "",
+        "| tensor | dtype | steps | max abs err | max rel err | first bad step | first bad index | result |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in report.tensors:
+        step = "" if r.ok else ("init" if r.first_bad_step == -1 else str(r.first_bad_step))
+        index = "" if r.first_bad_index is None else str(r.first_bad_index)
+        result = "ok" if r.ok else f"MISMATCH ({r.note})" if r.note else "MISMATCH"
+        lines.append(
+            f"| {r.name} | {r.dtype} | {r.steps} | {_fmt(r.max_abs)} | {_fmt(r.max_rel)} | {step} "
+            f"| {index} | {result} |"
+        )
+    lines.append("")
+    tol = ", ".join(
+        f"{k}: rtol {v.rtol:g} atol {v.atol:g} (x max(1, max|golden|))" for k, v in report.tolerances.items()
+    )
+    lines.append(f"tolerances: {tol}; integer tensors exact")
+    if report.ok:
+        lines.append(f"PASS: all {len(report.tensors)} tensors agree")
+    else:
+        step, name = report.divergence
+        where = "in the initial state" if step == -1 else f"at step {step}"
+        n_bad = sum(not r.ok for r in report.tensors)
+        lines.append(
+            f"FAIL: {n_bad} of {len(report.tensors)} tensors differ; the runs diverge first {where} ({name})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Golden traces: the committed files cannot drift, verify finds the first diverging step, and the trace hook
+records train_step without changing it."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from refdns import cli, golden
+from refdns.errors import TraceError
+from refdns.nets import get_spec
+from refdns.train import TrainConfig, new_run, train_step
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN_DIR = REPO / "data" / "golden"
+sys.path.insert(0, str(REPO / "validate"))
+import make_goldens  # noqa: E402
+
+DNS_300 = GOLDEN_DIR / "lenet-300-100-dns.h5"
+
+
+@pytest.mark.parametrize(("net", "method", "steps"), make_goldens.GOLDENS)
+def test_committed_goldens_match_a_fresh_run(mnist, tmp_path, net, method, steps):
+    """Regenerate each golden: verify must pass against the committed file, which must stay under 1 MB."""
+    committed = GOLDEN_DIR / make_goldens.golden_name(net, method)
+    assert committed.stat().st_size < make_goldens.MAX_BYTES
+    fresh = tmp_path / committed.name
+    golden.write_golden(fresh, get_spec(net), method, steps, mnist[0], mnist[1])
+    report = golden.verify(committed, fresh)
+    # within the named tolerances, not bit-exact: faster kernels may sum in another order
+    assert report.ok, golden.format_report(report)
+
+
+def test_dns_golden_shows_pruning_splicing_and_skipped_draws():
+    with h5py.File(DNS_300) as f:
+        steps = int(f.attrs["steps"])
+        fired = np.array([f[f"steps/{t:04d}/surgery/fired"][()] for t in range(steps)])
+        pruned = np.array([f[f"steps/{t:04d}/surgery/pruned"][()] for t in range(steps)])
+        spliced = np.array([f[f"steps/{t:04d}/surgery/spliced"][()] for t in range(steps)])
+    assert fired.any() and not fired.all()
+    assert pruned.sum() > 0 and spliced.sum() > 0
+    assert pruned[1:].sum() > 0  # pruning after the first update too, not only the initial cut
+
+
+def _perturbed(tmp_path, fn) -> Path:
+    cand = tmp_path / "cand.h5"
+    shutil.copy(DNS_300, cand)
+    with h5py.File(cand, "r+") as f:
+        fn(f)
+    return cand
+
+
+def test_a_perturbed_weight_is_caught_at_its_step(tmp_path, capsys):
+    def fn(f):
+        ds = f["steps/0002/params/ip2/weight"]
+        arr = ds[()]
+        arr[17] += 1e-3
+        ds[...] = arr
+
+    cand = _perturbed(tmp_path, fn)
+    report = golden.verify(DNS_300, cand)
+    assert report.divergence == (2, "params/ip2/weight")
+    row = next(r for r in report.tensors if r.name == "params/ip2/weight")
+    stride = int(h5py.File(DNS_300)["steps/0002/params/ip2/weight"].attrs["sample_stride"])
+    assert row.first_bad_index == np.unravel_index(17 * stride, (100, 300))
+    assert row.max_abs == pytest.approx(1e-3, rel=1e-3)
+    assert cli.main(["verify", str(DNS_300), str(cand)]) == 1
+    out = capsys.readouterr().out
+    assert "diverge first at step 2 (params/ip2/weight)" in out and "| params/ip2/weight |" in out
+
+
+def test_a_flipped_mask_bit_and_a_missing_tensor_are_caught(tmp_path):
+    def flip(f):
+        ds = f["steps/0003/masks/ip3/weight"]
+        arr = ds[()]
+        arr[4, 5] ^= 1
+        ds[...] = arr
+
+    assert golden.verify(DNS_300, _perturbed(tmp_path, flip)).divergence == (3, "masks/ip3/weight")
+
+    def drop(f):
+        del f["steps/0001/grads/ip1/bias"]
+
+    report = golden.verify(DNS_300, _perturbed(tmp_path, drop))
+    assert report.divergence == (1, "grads/ip1/bias")
+    assert "missing" in next(r.note for r in report.tensors if r.name == "grads/ip1/bias")
+
+
+def test_within_tolerance_differences_pass_and_larger_ones_do_not(tmp_path):
+    def nudge(scale):
+        def fn(f):
+            ds = f["steps/0000/activations/01_dense_ip1"]
+            arr = ds[()]
+            ds[...] = arr * np.float32(1 + scale)
+
+        return fn
+
+    assert golden.verify(DNS_300, _perturbed(tmp_path, nudge(1e-6))).ok
+    assert golden.verify(DNS_300, _perturbed(tmp_path, nudge(1e-3))).divergence == (
+        0,
+        "activations/01_dense_ip1",
+    )
+
+
+def test_verify_refuses_files_that_are_not_traces(tmp_path, capsys):
+    bogus = tmp_path / "bogus.h5"
+    with h5py.File(bogus, "w") as f:
+        f.attrs["format"] = "refdns-checkpoint"
+    with pytest.raises(TraceError, match="format"):
+        golden.verify(DNS_300, bogus)
+    assert cli.main(["verify", str(DNS_300), str(tmp_path / "nothing.h5")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(TraceError, match="different runs"):
+        golden.verify(DNS_300, GOLDEN_DIR / "lenet-300-100-dense.h5")
+
+
+def test_the_trace_hook_does_not_change_the_step(mnist):
+    """train_step with and without ``trace`` gives bit-identical states (tracing cannot perturb a run)."""
+    x, y = mnist[0][:500], mnist[1][:500]
+    cfg = TrainConfig(batch_size=8, sgd=golden.GOLDEN_SGD)
+    method = golden.golden_method("lenet-300-100", "dns")
+    a = new_run(get_spec("lenet-300-100"), len(x), cfg, seed=4)
+    b = new_run(get_spec("lenet-300-100"), len(x), cfg, seed=4)
+    for _ in range(3):
+        idx = a.data.next_indices()
+        assert np.array_equal(idx, b.data.next_indices())
+        rec = {}
+        train_step(a, x[idx], y[idx], cfg, method)
+        train_step(b, x[idx], y[idx], cfg, method, trace=rec)
+        assert set(rec) == {"records", "masks", "activations", "loss", "grads"}
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k]) and np.array_equal(a.masks[k], b.masks[k])
+    assert a.method_state.keys() == b.method_state.keys()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed (optional)")
+def test_pytorch_replay_passes_and_wrong_variant_is_caught_at_the_right_step(tmp_path):
+    import torch_crosscheck
+
+    cand = tmp_path / "torch.h5"
+    torch_crosscheck.replay(DNS_300, cand)
+    report = golden.verify(DNS_300, cand)
+    assert report.ok, golden.format_report(report)
+    wrong = tmp_path / "wrong.h5"
+    torch_crosscheck.replay(DNS_300, wrong, "no-splice")
+    report = golden.verify(DNS_300, wrong)
+    assert report.divergence is not None
+    assert report.divergence[0] == torch_crosscheck.expected_step(DNS_300, "no-splice") == 1
+    assert report.divergence[1].startswith("masks/")

@@ -1,0 +1,67 @@
+"""Regenerate the committed golden traces in data/golden/ (the only way they are made).
+
+    python validate/make_goldens.py [--data-dir DIR] [--check]
+
+Each golden is a few steps of batch 8 on real MNIST from seed 0 (settings in refdns/golden.py and in each
+file's ``config`` attribute). ``--check`` regenerates into a temporary folder and runs ``refdns verify``
+against the committed files instead of overwriting them. Every file must stay under 1 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from refdns.datasets import load_mnist
+from refdns.golden import format_report, verify, write_golden
+from refdns.nets import get_spec
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN_DIR = REPO / "data" / "golden"
+MAX_BYTES = 1_000_000
+# (net, method, steps): DNS goldens run long enough for pruning, splicing and a skipped draw to happen.
+GOLDENS = [
+    ("lenet-300-100", "dns", 5),
+    ("lenet-300-100", "dense", 3),
+    ("lenet-5", "dns", 4),
+    ("lenet-5", "dense", 3),
+]
+
+
+def golden_name(net: str, method: str) -> str:
+    return f"{net}-{method}.h5"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", help="folder holding mnist/ (default $REFDNS_DATA, then the user cache)")
+    ap.add_argument(
+        "--check", action="store_true", help="verify the committed goldens instead of rewriting them"
+    )
+    args = ap.parse_args(argv)
+    x, y = load_mnist("train", data_dir=args.data_dir, download=False)
+    out_dir = Path(tempfile.mkdtemp(prefix="goldens-")) if args.check else GOLDEN_DIR
+    ok = True
+    for net, method, steps in GOLDENS:
+        path = out_dir / golden_name(net, method)
+        summary = write_golden(path, get_spec(net), method, steps, x, y)
+        size = path.stat().st_size
+        ok &= size < MAX_BYTES
+        print(
+            f"{path.name}: {size / 1e6:.3f} MB, {steps} steps, "
+            f"losses {[round(v, 4) for v in summary['loss']]}"
+            + (f", pruned {summary['pruned']}, spliced {summary['spliced']}" if summary["pruned"] else "")
+            + ("" if size < MAX_BYTES else "  OVER 1 MB")
+        )
+        if args.check:
+            report = verify(GOLDEN_DIR / path.name, path)
+            if not report.ok:
+                print(format_report(report))
+            ok &= report.ok
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

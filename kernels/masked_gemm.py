@@ -49,9 +49,27 @@ def mask_csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if mask.shape[1] >= 2**31:
         raise ValueError(f"mask.shape={mask.shape}: more columns than int32 indices can address")
     indptr = np.zeros(mask.shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.count_nonzero(mask, axis=1), out=indptr[1:])
-    indices = np.nonzero(mask)[1].astype(np.int32)  # row-major order: rows ascending, columns ascending
+    indices = np.empty(np.count_nonzero(mask), dtype=np.int32)
+    _mask_csr(mask, indptr, indices)
     return indptr, indices
+
+
+@njit(cache=True)
+def _mask_csr(mask, indptr, indices):
+    # One row-major pass; several times faster than np.nonzero on a 2-D mask plus a per-row count.
+    k = 0
+    for m in range(mask.shape[0]):
+        for j in range(mask.shape[1]):
+            if mask[m, j]:
+                indices[k] = j
+                k += 1
+        indptr[m + 1] = k
+
+
+def mask_csr_ref(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of :func:`mask_csr`: per-row counts and ``np.nonzero``."""
+    indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int64)
+    return indptr, np.nonzero(mask)[1].astype(np.int32)  # row-major: rows, then columns, ascending
 
 
 def csr_gather(w: np.ndarray, indptr: np.ndarray, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from refdns.effective import SPARSE_MAX_DENSITY, EffectiveParams, choose_path
+from refdns.effective import SPARSE_MAX_DENSITY, SPARSE_MIN_WEIGHTS, EffectiveParams, choose_path
 from refdns.layers import SparseWeight
 from refdns.nets import get_spec
 from refdns.nets.sequential import init_params, loss_and_grads
@@ -19,33 +19,36 @@ def _masks(params, densities, rng):
 
 
 def test_path_is_chosen_from_density():
-    assert choose_path(1.0, dense_layer=True) == "unmasked"
-    assert choose_path(SPARSE_MAX_DENSITY, dense_layer=True) == "sparse"
-    assert choose_path(np.nextafter(SPARSE_MAX_DENSITY, 1), dense_layer=True) == "dense"
-    assert choose_path(0.0, dense_layer=True) == "sparse"
-    assert choose_path(0.01, dense_layer=False) == "dense"  # conv weights have no sparse kernel
-    assert choose_path(0.3, dense_layer=True, sparse_max_density=0.5) == "sparse"
+    assert choose_path(1.0, sparse_capable=True) == "unmasked"
+    assert choose_path(SPARSE_MAX_DENSITY, sparse_capable=True) == "sparse"
+    assert choose_path(np.nextafter(SPARSE_MAX_DENSITY, 1), sparse_capable=True) == "dense"
+    assert choose_path(0.0, sparse_capable=True) == "sparse"
+    assert choose_path(0.01, sparse_capable=False) == "dense"  # conv weights, tiny layers
+    assert choose_path(0.3, sparse_capable=True, sparse_max_density=0.5) == "sparse"
     assert 0.0 < SPARSE_MAX_DENSITY < 1.0
+    # ip3 (10x100) is below the size where the kernels pay off; ip1 and ip2 are above it.
+    ws = EffectiveParams(L300)
+    assert ws.sparse_capable == {"ip1.weight", "ip2.weight"} and 10 * 100 < SPARSE_MIN_WEIGHTS <= 100 * 300
 
 
 def test_workspace_follows_each_masks_density_and_notices_changes(rng):
     params = init_params(L300, rng=rng)
-    masks = _masks(params, {"ip1.weight": 0.02, "ip2.weight": 0.5, "ip2.bias": 0.5}, rng)
+    masks = _masks(params, {"ip1.weight": 0.02, "ip2.weight": 0.5, "ip2.bias": 0.5, "ip3.weight": 0.02}, rng)
     ws = EffectiveParams(L300)
     eff = ws(params, masks)
     assert ws.paths == {"ip1.weight": "sparse", "ip1.bias": "unmasked", "ip2.weight": "dense",
-                        "ip2.bias": "dense", "ip3.weight": "unmasked", "ip3.bias": "unmasked"}
-    assert isinstance(eff["ip1.weight"], SparseWeight) and eff["ip3.weight"] is params["ip3.weight"]
+                        "ip2.bias": "dense", "ip3.weight": "dense", "ip3.bias": "unmasked"}
+    assert isinstance(eff["ip1.weight"], SparseWeight) and eff["ip3.bias"] is params["ip3.bias"]
     reference = effective_params(params, masks)
     np.testing.assert_array_equal(eff["ip1.weight"].toarray(), reference["ip1.weight"])
     np.testing.assert_array_equal(eff["ip2.weight"], reference["ip2.weight"])
     # Masks edited in place between calls: densities cross the crossover both ways.
     masks["ip1.weight"][...] = True
     masks["ip2.weight"][:, 1:] = False
-    masks["ip3.weight"][0, 0] = False
+    masks["ip3.weight"][...] = True
     eff = ws(params, masks)
     assert ws.paths["ip1.weight"] == "unmasked" and ws.paths["ip2.weight"] == "sparse"
-    assert ws.paths["ip3.weight"] == "dense"
+    assert ws.paths["ip3.weight"] == "unmasked" and eff["ip3.weight"] is params["ip3.weight"]
     np.testing.assert_array_equal(eff["ip2.weight"].toarray(), effective_params(params, masks)["ip2.weight"])
     # A change that keeps the density still rebuilds the structure.
     masks["ip2.weight"][:, 0], masks["ip2.weight"][:, 1] = False, masks["ip2.weight"][:, 0].copy()
@@ -58,7 +61,7 @@ def test_engine_gives_the_same_loss_and_gradients_on_both_paths(rng):
     masks = _masks(params, {"ip1.weight": 0.03, "ip2.weight": 0.05, "ip3.weight": 0.2}, rng)
     x = rng.random((8, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, 8)
-    sparse = EffectiveParams(L300, sparse_max_density=1.0)(params, masks)
+    sparse = EffectiveParams(L300, sparse_max_density=1.0, sparse_min_weights=0)(params, masks)
     assert all(isinstance(sparse[f"{n}.weight"], SparseWeight) for n in ("ip1", "ip2", "ip3"))
     ls, gs = loss_and_grads(L300, sparse, x, y)
     ld, gd = loss_and_grads(L300, effective_params(params, masks), x, y)
@@ -77,7 +80,7 @@ def test_dns_training_takes_the_same_path_through_weights_either_way(mnist):
     runs = {}
     for name, crossover in (("sparse", 1.0), ("dense", 0.0)):
         run = new_run(L300, len(x_train), surgery, seed=1, params=dense.params)
-        run.workspace = EffectiveParams(L300, sparse_max_density=crossover)
+        run.workspace = EffectiveParams(L300, sparse_max_density=crossover, sparse_min_weights=0)
         runs[name] = train(run, x_train, y_train, surgery, method=DNS(default_config("lenet-300-100")))
         weight_paths = {run.workspace.paths[f"{n}.weight"] for n in L300.layer_names}
         assert weight_paths == {name}

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from refdns.kernels.masked_gemm import (
     csr_gather,
     mask_csr,
+    mask_csr_ref,
     masked_matmul,
     masked_matmul_ref,
     masked_matmul_t,
@@ -43,6 +44,8 @@ def test_csr_structure_lists_the_kept_entries_row_by_row():
 def test_kernels_match_their_twins(dtype, data):
     x, dy, w, mask = data.draw(masked_cases(dtype))
     indptr, indices = mask_csr(mask)
+    for a, e in zip((indptr, indices), mask_csr_ref(mask), strict=True):
+        assert a.dtype == e.dtype and np.array_equal(a, e)
     gathered = csr_gather(w, indptr, indices)
     y = masked_matmul_t(x, w, indptr, indices)
     dx = masked_matmul(dy, w, indptr, indices)

@@ -118,7 +118,12 @@ class EffectiveParams:
         for key, w in params.items():
             mask = masks[key]
             seen = self._built_from.get(key)
-            if seen is None or seen.shape != mask.shape or not _same(seen, mask):
+            if seen is None or seen.shape != mask.shape:
+                self._rebuild(key, mask)
+            elif self.paths[key] == "unmasked":
+                if not mask.all():  # an all-kept mask has changed iff it lost an entry: one fast reduction
+                    self._rebuild(key, mask)
+            elif not _same(seen, mask):
                 self._rebuild(key, mask)
             path = self.paths[key]
             if path == "unmasked":

@@ -73,7 +73,27 @@ def mask_csr_ref(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def csr_gather(w: np.ndarray, indptr: np.ndarray, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``data[k] = w[m, indices[k]]`` for the k-th kept entry, row m (the classic CSR value array)."""
+    """``data[k] = w[m, indices[k]]`` for the k-th kept entry, row m (the classic CSR value array).
+
+    Parameters
+    ----------
+    w : ndarray, shape (M, D), float32 or float64
+    indptr, indices : ndarray
+        The mask's CSR structure from :func:`mask_csr`.
+    out : ndarray, shape (nnz,), dtype of w, optional
+        Written in place and returned (no allocation per step).
+
+    Returns
+    -------
+    data : ndarray, shape (nnz,), dtype of w
+    """
+    if not isinstance(w, np.ndarray) or w.dtype not in _FLOATS or w.ndim != 2:
+        raise TypeError(f"w: expected a 2-D float32/float64 ndarray, got {getattr(w, 'dtype', type(w).__name__)}")
+    if indptr.shape != (w.shape[0] + 1,) or indptr[-1] != indices.shape[0]:
+        raise ValueError(f"indptr.shape={indptr.shape} / indices.shape={indices.shape} do not describe a "
+                         f"{w.shape} matrix; rebuild them with mask_csr(mask)")
+    if out is not None and (out.shape != indices.shape or out.dtype != w.dtype):
+        raise ValueError(f"out is {out.dtype}{out.shape}, expected {w.dtype}{indices.shape}")
     if out is None:
         out = np.empty(indices.shape[0], dtype=w.dtype)
     _gather(w, indptr, indices, out)

@@ -26,8 +26,9 @@ from refdns.nets.sequential import NetSpec
 # validate/bench_masked_gemm.py (forward + gradient to the input at batch 64, serial Numba kernels against
 # single-threaded OpenBLAS, median of 15 x 30 calls, on a 2-core machine shared with other jobs; see
 # validate/results/bench_masked_gemm.md): the sparse path is faster below a crossover density of
-# 0.168 (LeNet-300-100 ip1, 300x784), 0.189 (ip2, 100x300) and 0.191 (LeNet-5 ip1, 500x800).
-# 0.15 stays under all three; DNS's fc layers spend most of their iterations at 1-6 %.
+# 0.168 / 0.184 (LeNet-300-100 ip1, 300x784; two runs), 0.189 / 0.237 (ip2, 100x300) and 0.191 / 0.303
+# (LeNet-5 ip1, 500x800). 0.15 stays under all of them; DNS's fc layers spend most of their iterations
+# at 1-6 %, where the sparse products cost 0.1-0.3 of the dense path's.
 SPARSE_MAX_DENSITY = 0.15
 
 # Smallest fully connected weight (M * D entries) that takes the sparse path at all. The 10-output layers

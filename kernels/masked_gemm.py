@@ -44,7 +44,8 @@ def mask_csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         Column of each kept entry, ascending within a row.
     """
     if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.ndim != 2:
-        raise TypeError(f"mask: expected a 2-D bool ndarray, got {getattr(mask, 'dtype', type(mask).__name__)} "
+        got = getattr(mask, "dtype", type(mask).__name__)
+        raise TypeError(f"mask: expected a 2-D bool ndarray, got {got} "
                         f"with shape {getattr(mask, 'shape', None)}")
     if mask.shape[1] >= 2**31:
         raise ValueError(f"mask.shape={mask.shape}: more columns than int32 indices can address")
@@ -72,7 +73,8 @@ def mask_csr_ref(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return indptr, np.nonzero(mask)[1].astype(np.int32)  # row-major: rows, then columns, ascending
 
 
-def csr_gather(w: np.ndarray, indptr: np.ndarray, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def csr_gather(w: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+               out: np.ndarray | None = None) -> np.ndarray:
     """``data[k] = w[m, indices[k]]`` for the k-th kept entry, row m (the classic CSR value array).
 
     Parameters
@@ -88,7 +90,8 @@ def csr_gather(w: np.ndarray, indptr: np.ndarray, indices: np.ndarray, out: np.n
     data : ndarray, shape (nnz,), dtype of w
     """
     if not isinstance(w, np.ndarray) or w.dtype not in _FLOATS or w.ndim != 2:
-        raise TypeError(f"w: expected a 2-D float32/float64 ndarray, got {getattr(w, 'dtype', type(w).__name__)}")
+        got = getattr(w, "dtype", type(w).__name__)
+        raise TypeError(f"w: expected a 2-D float32/float64 ndarray, got {got}")
     if indptr.shape != (w.shape[0] + 1,) or indptr[-1] != indices.shape[0]:
         raise ValueError(f"indptr.shape={indptr.shape} / indices.shape={indices.shape} do not describe a "
                          f"{w.shape} matrix; rebuild them with mask_csr(mask)")

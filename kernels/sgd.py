@@ -34,7 +34,8 @@ def _sgd_update(w, g, v, decay, scale, momentum, use_decay):
         w[i] = w[i] - vi  # w -= v
 
 
-def sgd_update(w: np.ndarray, g: np.ndarray, v: np.ndarray, *, decay: float, scale: float, momentum: float) -> None:
+def sgd_update(w: np.ndarray, g: np.ndarray, v: np.ndarray, *, decay: float, scale: float,
+               momentum: float) -> None:
     """One Caffe SGD update of a blob, in place on ``w`` and ``v`` (``g`` is left as it was).
 
     Parameters
@@ -61,8 +62,8 @@ def sgd_update(w: np.ndarray, g: np.ndarray, v: np.ndarray, *, decay: float, sca
     if not (w.flags.c_contiguous and v.flags.c_contiguous):
         raise ValueError("w and v must be C-contiguous (they are updated in place through a flat view)")
     t = w.dtype.type
-    _sgd_update(w.reshape(-1), np.ascontiguousarray(g).reshape(-1), v.reshape(-1), t(decay), t(scale), t(momentum),
-                bool(decay))
+    g_flat = np.ascontiguousarray(g).reshape(-1)
+    _sgd_update(w.reshape(-1), g_flat, v.reshape(-1), t(decay), t(scale), t(momentum), bool(decay))
 
 
 def sgd_update_ref(w: np.ndarray, g: np.ndarray, v: np.ndarray, *, decay: float, scale: float,

@@ -3,10 +3,11 @@
 Per parameter, from the mask's current density:
 
 * all kept: ``w`` itself (no copy, no multiply);
-* a large enough fully connected weight at density <= ``sparse_max_density``: a :class:`~refdns.layers.SparseWeight`,
-  i.e. ``w`` plus the CSR structure of the mask, so the forward product and the gradient to the layer
-  below skip the pruned entries (:mod:`refdns.kernels.masked_gemm`). The structure is rebuilt only when
-  the mask changes; the values are read from ``w`` every step (DNS changes every entry of ``w`` every step);
+* a large enough fully connected weight at density <= ``sparse_max_density``: a
+  :class:`~refdns.layers.SparseWeight`, i.e. ``w`` plus the CSR structure of the mask, so the forward
+  product and the gradient to the layer below skip the pruned entries (:mod:`refdns.kernels.masked_gemm`).
+  The structure is rebuilt only when the mask changes; the values are read from ``w`` every step (DNS
+  changes every entry of ``w`` every step);
 * otherwise: ``w * mask`` written into a buffer allocated once (no page faults from a fresh
   full-size temporary each step), for BLAS.
 
@@ -40,7 +41,8 @@ SPARSE_MIN_WEIGHTS = 10_000
 PATHS = ("unmasked", "sparse", "dense")
 
 
-def choose_path(density: float, *, sparse_capable: bool, sparse_max_density: float = SPARSE_MAX_DENSITY) -> str:
+def choose_path(density: float, *, sparse_capable: bool,
+                sparse_max_density: float = SPARSE_MAX_DENSITY) -> str:
     """Which representation of ``w * mask`` is fastest: "unmasked", "sparse" or "dense".
 
     Parameters

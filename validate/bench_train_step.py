@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from threadpoolctl import threadpool_limits
 
 from refdns.effective import SPARSE_MAX_DENSITY, SPARSE_MIN_WEIGHTS, EffectiveParams
@@ -163,8 +162,9 @@ def run(args) -> None:
     dns_rows = []
     for path, crossover in (("sparse", 1.0), ("dense", 0.0), ("auto", None)):
         times, kept, paths = time_refdns_dns(x, y, steps, reps, 0.02, crossover)
-        dns_rows.append({"path": path, "ms": 1e3 * statistics.median(times), "ms_all": [1e3 * t for t in times],
-                         "kept_fraction": kept, "weight_paths": {k: v for k, v in paths.items() if "weight" in k}})
+        dns_rows.append({"path": path, "ms": 1e3 * statistics.median(times),
+                         "ms_all": [1e3 * t for t in times], "kept_fraction": kept,
+                         "weight_paths": {k: v for k, v in paths.items() if "weight" in k}})
     try:
         import torch
         torch_version = f"{torch.__version__} ({torch.get_num_threads()} threads)"
@@ -197,17 +197,20 @@ def run(args) -> None:
     ]
     for r in dns_rows:
         wp = ", ".join(f"{k.split('.')[0]} {v}" for k, v in r["weight_paths"].items())
-        lines.append(f"| {r['path']} | {r['ms']:.3f} | {r['ms'] / dense_ms:.2f} | {r['kept_fraction']:.4f} | {wp} |")
+        lines.append(f"| {r['path']} | {r['ms']:.3f} | {r['ms'] / dense_ms:.2f} | {r['kept_fraction']:.4f} "
+                     f"| {wp} |")
     load = os.getloadavg()
     lines += ["", f"threads limit: {args.threads or 'library default'}; load average at the end "
-              f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores (a shared machine is noisy)."]
+              f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores "
+              "(a shared machine is noisy)."]
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_train_step.md").write_text(text)
     if args.json:
-        Path(args.json).write_text(json.dumps({"steps": steps, "reps": reps, "threads": args.threads, "rows": rows,
-                                               "dns_rows": dns_rows, "loadavg": load}, indent=2) + "\n")
+        result = {"steps": steps, "reps": reps, "threads": args.threads, "rows": rows, "dns_rows": dns_rows,
+                  "loadavg": load}
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

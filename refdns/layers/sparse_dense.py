@@ -1,4 +1,4 @@
-"""Fully connected layer whose effective weight is sparse: ``out = x @ w_eff.T + b`` with the pruned entries skipped.
+"""Fully connected layer on a sparse effective weight: ``out = x @ w_eff.T + b``, pruned entries skipped.
 
 The layer does not see a mask. It sees :class:`SparseWeight`, one way of *representing* the effective weight
 ``w_eff``: the dense array ``w`` plus the CSR structure (``indptr``, ``indices``) of the entries of ``w_eff``
@@ -23,7 +23,8 @@ from refdns.kernels.masked_gemm import masked_matmul, masked_matmul_t
 class SparseWeight(NamedTuple):
     """An effective weight ``w_eff`` (M, D): ``w[m, j]`` at the listed entries, 0 elsewhere.
 
-    Row m's listed columns are ``indices[indptr[m]:indptr[m + 1]]`` (:func:`refdns.kernels.masked_gemm.mask_csr`).
+    Row m's listed columns are ``indices[indptr[m]:indptr[m + 1]]``
+    (:func:`refdns.kernels.masked_gemm.mask_csr`).
     """
 
     w: np.ndarray  # (M, D)
@@ -53,7 +54,9 @@ class SparseDenseCache(NamedTuple):
     w: SparseWeight
 
 
-def sparse_dense_forward(x: np.ndarray, w: SparseWeight, b: np.ndarray) -> tuple[np.ndarray, SparseDenseCache]:
+def sparse_dense_forward(
+    x: np.ndarray, w: SparseWeight, b: np.ndarray
+) -> tuple[np.ndarray, SparseDenseCache]:
     """Affine map ``out = x @ w_eff.T + b``, touching only the listed entries of ``w_eff``.
 
     Parameters

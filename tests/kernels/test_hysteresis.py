@@ -5,7 +5,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
 from refdns.kernels.hysteresis import hysteresis_update, hysteresis_update_ref
 
 BAND = (0.25, 0.5)
@@ -21,7 +20,8 @@ def test_kernel_matches_the_numpy_twin_exactly(dtype, inclusive_prune, data):
     shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=2, max_side=12))
     w = data.draw(hnp.arrays(dtype, shape, elements=ELEMENTS, fill=st.nothing()))
     mask = data.draw(hnp.arrays(bool, shape))
-    a, b = data.draw(st.sampled_from([BAND, (0.0, 0.0), (0.3, 0.3), (0.1, 1.0 / 3.0)]))  # 1/3 is not a float32
+    # 1/3 is not a float32: rounded as NumPy rounds it
+    a, b = data.draw(st.sampled_from([BAND, (0.0, 0.0), (0.3, 0.3), (0.1, 1.0 / 3.0)]))
     m1, m2 = mask.copy(), mask.copy()
     counts = hysteresis_update(m1, w, a, b, inclusive_prune=inclusive_prune)
     assert counts == hysteresis_update_ref(m2, w, a, b, inclusive_prune=inclusive_prune)
@@ -34,7 +34,8 @@ def test_boundaries_caffe_and_distiller(dtype):
     w = np.array([0.9, -0.9, 1.1, -1.1, 1.0, 1.0, np.nan], dtype=dtype)
     mask = np.array([True, True, False, False, True, False, True])
     caffe = mask.copy()
-    assert hysteresis_update(caffe, w, a, b) == (3, 0, 1)  # |w| == a prunes, |w| == b does not splice, NaN pruned
+    # |w| == a prunes, |w| == b does not splice, a NaN weight is pruned
+    assert hysteresis_update(caffe, w, a, b) == (3, 0, 1)
     assert caffe.tolist() == [False, False, False, False, True, False, False]
     distiller = mask.copy()
     assert hysteresis_update(distiller, w, a, b, inclusive_prune=False) == (1, 2, 5)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from refdns.kernels.masked_gemm import (
     csr_gather,
     mask_csr,
@@ -14,6 +13,7 @@ from refdns.kernels.masked_gemm import (
     masked_matmul_t,
     masked_matmul_t_ref,
 )
+
 from tests.tolerances import assert_close
 
 

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from refdns.kernels.masked_gemm import mask_csr
-from refdns.layers import SparseWeight, dense_backward, dense_forward, sparse_dense_backward, sparse_dense_forward
+
+from refdns.layers import (
+    SparseWeight,
+    dense_backward,
+    dense_forward,
+    sparse_dense_backward,
+    sparse_dense_forward,
+)
 from tests.gradcheck import assert_layer_gradients
 from tests.strategies import dense_cases
 from tests.tolerances import assert_close
@@ -20,8 +26,11 @@ def _sparse(w, mask):
 def test_gradients_of_x_and_b_match_central_differences(case, seed, density):
     mask = np.random.default_rng(seed).random(case.w.shape) < density
     sw = _sparse(case.w, mask)
+    # dw is dL/dw_eff at every entry, which a difference quotient through the sparse forward cannot see at
+    # pruned entries; it is checked against the gradchecked dense layer below.
     assert_layer_gradients(lambda x, b: sparse_dense_forward(x, sw, b),
-                           lambda d, c: sparse_dense_backward(d, c)[::2], {"x": case.x, "b": case.b}, case.dout)
+                           lambda d, c: sparse_dense_backward(d, c)[::2],
+                           {"x": case.x, "b": case.b}, case.dout)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

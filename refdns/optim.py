@@ -18,6 +18,7 @@ import numpy as np
 
 from refdns.config import check_number
 from refdns.errors import ConfigError
+from refdns.kernels.sgd import sgd_update
 
 LR_POLICIES = ("inv", "fixed", "step")
 
@@ -72,22 +73,17 @@ def sgd_step(
     velocity: dict[str, np.ndarray],
     iteration: int,
 ) -> float:
-    """One Caffe SGD update, in place on ``params`` and ``velocity``; ``grads`` is consumed (overwritten).
+    """One Caffe SGD update, in place on ``params`` and ``velocity``; ``grads`` is consumed (may be overwritten).
 
     Returns the learning rate used.
     """
     lr = learning_rate(cfg, iteration)
     for key, w in params.items():
-        g = grads[key]
-        v = velocity[key]
         lr_mult, decay_mult = multipliers(cfg, key)
-        decay = cfg.weight_decay * decay_mult
-        if decay:
-            g += decay * w  # diff += wd * w
-        g *= lr * lr_mult
-        v *= cfg.momentum
-        v += g  # v = m v + lr * diff
-        w -= v
+        # diff += wd * w;  v = m v + lr * diff;  w -= v  -- one fused pass, bit-identical to the NumPy lines
+        # (kernels/sgd.py keeps them as its twin).
+        sgd_update(w, grads[key], velocity[key], decay=cfg.weight_decay * decay_mult, scale=lr * lr_mult,
+                   momentum=cfg.momentum)
     return lr
 
 

@@ -3,7 +3,7 @@
 One iteration, in Caffe's order::
 
     masks <- method.update_masks(iter, W, masks)      # DNS: before the forward pass
-    W_eff  = W * masks
+    W_eff  = W * masks                                 # refdns.effective: dense or sparse, by density
     loss, dL/dW_eff = forward/backward(W_eff, batch)
     g      = dL/dW_eff                 if method.grad_through_mask   (DNS eq. (2): every entry of W)
            = dL/dW_eff * masks         otherwise                     (Han: pruned entries stay 0)
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from refdns.config import check_number
+from refdns.effective import EffectiveParams
 from refdns.errors import NonFiniteError
 from refdns.nets.sequential import NetSpec, backward, error_rate, forward, init_params
 from refdns.layers import softmax_cross_entropy
@@ -104,6 +105,8 @@ class RunState:
     method_state: dict[str, np.ndarray] = field(default_factory=dict)
     history: History = field(default_factory=History)
     seed: int | None = None
+    # Per-run scratch (buffers, sparse index structures), rebuilt on demand; not state, never saved.
+    workspace: EffectiveParams | None = field(default=None, repr=False, compare=False)
 
 
 def new_run(
@@ -163,7 +166,9 @@ def train_step(
     records = method.update_masks(it, state.params, state.masks, state.method_state, state.mask_rng)
     if records:
         state.history.mask_updates.extend(records)
-    w_eff = effective_params(state.params, state.masks)
+    if state.workspace is None:
+        state.workspace = EffectiveParams(state.spec)
+    w_eff = state.workspace(state.params, state.masks)  # W * T: dense buffer or sparse, by density
     logits, cache = forward(state.spec, w_eff, x, keep_outputs=trace is not None)
     loss, dlogits = softmax_cross_entropy(logits, y)
     loss = float(loss)

@@ -9,6 +9,7 @@ from refdns.layers.dense import DenseCache, dense_backward, dense_forward
 from refdns.layers.flatten import FlattenCache, flatten_backward, flatten_forward
 from refdns.layers.loss import softmax, softmax_cross_entropy
 from refdns.layers.pool import MaxPoolCache, maxpool_backward, maxpool_forward
+from refdns.layers.sparse_dense import SparseDenseCache, SparseWeight, sparse_dense_backward, sparse_dense_forward
 
 __all__ = [
     "Conv2dCache",
@@ -16,6 +17,8 @@ __all__ = [
     "FlattenCache",
     "MaxPoolCache",
     "ReluCache",
+    "SparseDenseCache",
+    "SparseWeight",
     "conv2d_backward",
     "conv2d_forward",
     "dense_backward",
@@ -28,4 +31,6 @@ __all__ = [
     "relu_forward",
     "softmax",
     "softmax_cross_entropy",
+    "sparse_dense_backward",
+    "sparse_dense_forward",
 ]

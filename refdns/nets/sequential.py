@@ -8,6 +8,10 @@ keys the ``.npz`` interchange files use.
 Layers never see masks: a pruning method passes the *effective* parameters ``w_eff = w * mask`` to
 :func:`forward`, and :func:`backward` returns dL/d(w_eff). Who applies that gradient to which entries is the
 pruning method's business.
+
+A dense layer's effective weight may also come as a :class:`~refdns.layers.SparseWeight` (W plus the index
+structure of its kept entries, see :mod:`refdns.effective`); the engine then runs the sparse twin of the
+dense layer, which skips the pruned entries and returns the same gradients to float rounding.
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ from refdns.layers import (
     maxpool_forward,
     relu_backward,
     relu_forward,
+    SparseDenseCache,
+    SparseWeight,
     softmax_cross_entropy,
+    sparse_dense_backward,
+    sparse_dense_forward,
 )
 
 OP_KINDS = ("dense", "conv", "pool", "relu", "flatten")
@@ -149,7 +157,8 @@ def forward(
     ----------
     spec : NetSpec
     params : dict of ndarray
-        Effective parameters (already multiplied by any mask).
+        Effective parameters (already multiplied by any mask); a dense layer's weight may be a
+        :class:`~refdns.layers.SparseWeight` instead.
     x : ndarray, shape (N, C, H, W), float32 or float64
         MLPs flatten it themselves (their first op is ``flatten``).
     keep_outputs : bool
@@ -167,7 +176,9 @@ def forward(
     h = x
     for op in spec.ops:
         if op.kind == "dense":
-            h, c = dense_forward(h, params[op.name + ".weight"], params[op.name + ".bias"])
+            w = params[op.name + ".weight"]
+            layer_forward = sparse_dense_forward if isinstance(w, SparseWeight) else dense_forward
+            h, c = layer_forward(h, w, params[op.name + ".bias"])
         elif op.kind == "conv":
             h, c = conv2d_forward(
                 h, params[op.name + ".weight"], params[op.name + ".bias"], stride=op.stride, pad=op.pad
@@ -197,7 +208,8 @@ def backward(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache) -> dict[st
         op = spec.ops[i]
         c = cache.op_caches[i]
         if op.kind == "dense":
-            d, dw, db = dense_backward(d, c, need_dx=i != first_param)
+            layer_backward = sparse_dense_backward if isinstance(c, SparseDenseCache) else dense_backward
+            d, dw, db = layer_backward(d, c, need_dx=i != first_param)
             grads[op.name + ".weight"], grads[op.name + ".bias"] = dw, db
         elif op.kind == "conv":
             d, dw, db = conv2d_backward(d, c, need_dx=i != first_param)

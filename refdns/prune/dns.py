@@ -29,6 +29,7 @@ import numpy as np
 
 from refdns.config import check_number, to_dict
 from refdns.errors import ConfigError
+from refdns.kernels.hysteresis import hysteresis_update
 from refdns.nets.sequential import NetSpec
 from refdns.prune.base import PruningMethod
 
@@ -217,11 +218,10 @@ class DNS(PruningMethod):
             pruned = spliced = 0
             for kind in kinds:
                 key = f"{layer}.{kind}"
-                old = masks[key]
-                new = hysteresis(old, params[key], a, b, inclusive_prune=cfg.reading == "caffe")
-                pruned += int(np.count_nonzero(old & ~new))
-                spliced += int(np.count_nonzero(~old & new))
-                old[...] = new
+                # hysteresis() in one in-place pass with the counts (kernels/hysteresis.py; twin: hysteresis)
+                p, s, _ = hysteresis_update(masks[key], params[key], a, b, inclusive_prune=cfg.reading == "caffe")
+                pruned += p
+                spliced += s
             kept = sum(int(np.count_nonzero(masks[f"{layer}.{k}"])) for k in ("weight", "bias"))
             total = masks[f"{layer}.weight"].size + masks[f"{layer}.bias"].size
             records.append({"iteration": int(iteration), "layer": layer, "pruned": pruned, "spliced": spliced,

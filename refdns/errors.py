@@ -62,3 +62,7 @@ class SingularHessianError(RefdnsError, ArithmeticError):
         super().__init__(message)
         self.layer = layer
         self.step = step
+
+
+class SparseFormatError(RefdnsError, ValueError):
+    """A sparse (CSR) matrix is malformed: wrong index dtype, lengths, pointers or out-of-range columns."""

@@ -343,6 +343,8 @@ class SparseNet:
         return out
 
     def _layers(self, x: np.ndarray, parallel: bool) -> np.ndarray:
+        import numba
+
         from refdns.kernels import csr_matmul, sparse_conv
         from refdns.layers import maxpool_forward
 
@@ -350,7 +352,7 @@ class SparseNet:
         matmul = csr_matmul._matmul_parallel_kernel if parallel else csr_matmul._matmul_kernel
         ops = self.spec.ops
         h = x
-        feature_major = False
+        sample_major = False
         i = 0
         while i < len(ops):
             op = ops[i]
@@ -366,16 +368,23 @@ class SparseNet:
             elif op.kind == "pool":
                 h, _ = maxpool_forward(h, size=op.size, stride=op.stride)
             elif op.kind == "flatten":
-                h = np.ascontiguousarray(h.reshape(h.shape[0], -1).T)  # (D, N) feature-major from here on
-                feature_major = True
+                h = h.reshape(h.shape[0], -1)  # (N, D); the next product reads it sample-major
+                sample_major = True
             elif op.kind == "dense":
                 la = self.layers[op.name]
-                if not feature_major:
+                if h.ndim != 2:
                     raise ValueError(f"{self.spec.name}: dense layer {op.name} before a flatten")
                 relu = i + 1 < len(ops) and ops[i + 1].kind == "relu"
-                out = np.empty((la.w_shape[0], h.shape[1]), dtype=np.float32)
-                matmul(la.csr.indptr, la.csr.indices, la.csr.data, h, la.bias, relu, out)
+                n = h.shape[0] if sample_major else h.shape[1]
+                out = np.empty((la.w_shape[0], n), dtype=np.float32)  # (M, N) feature-major from here on
+                h = np.ascontiguousarray(h)
+                if parallel:
+                    matmul(la.csr.indptr, la.csr.indices, la.csr.data, h, sample_major, la.bias, relu,
+                           numba.get_num_threads(), out)
+                else:
+                    matmul(la.csr.indptr, la.csr.indices, la.csr.data, h, sample_major, la.bias, relu, out)
                 h = out
+                sample_major = False
                 i += relu  # the ReLU ran inside the product
             elif op.kind == "relu":
                 h = np.maximum(h, 0)

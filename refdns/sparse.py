@@ -251,8 +251,8 @@ class SparseNet:
 
     - ``"fused"`` (MLPs only): :func:`refdns.kernels.mlp_fused.mlp_forward_fused` - every layer of a sample
       in one kernel call, zero activations skipped. The default at batch 1.
-    - ``"layers"``: layer by layer - :func:`~refdns.kernels.sparse_conv.sparse_conv2d` for conv, the Caffe
-      max-pool of :mod:`refdns.layers`, :func:`~refdns.kernels.csr_matmul.csr_matmul` with feature-major
+    - ``"layers"``: layer by layer - :func:`~refdns.kernels.sparse_conv.sparse_conv2d` for conv (with the
+      following max-pool fused in when its size equals its stride; otherwise the max-pool of :mod:`refdns.layers`), :func:`~refdns.kernels.csr_matmul.csr_matmul` with feature-major
       activations for dense layers (ReLU fused into the product). The default for batches > 1.
 
     ``parallel=None`` uses the Numba-parallel kernels from batch ``PARALLEL_FROM`` on (threads: Numba's
@@ -361,12 +361,15 @@ class SparseNet:
             if op.kind == "conv":
                 la = self.layers[op.name]
                 F, _, KH, KW = la.w_shape
+                nxt = ops[i + 1] if i + 1 < len(ops) else None
+                pool = nxt.size if nxt is not None and nxt.kind == "pool" and nxt.size == nxt.stride else 1
                 xp = np.pad(h, ((0, 0), (0, 0), (op.pad, op.pad), (op.pad, op.pad))) if op.pad else h
-                out = np.empty((h.shape[0], F, (xp.shape[2] - KH) // op.stride + 1,
-                                (xp.shape[3] - KW) // op.stride + 1), dtype=np.float32)
+                OH, OW = (xp.shape[2] - KH) // op.stride + 1, (xp.shape[3] - KW) // op.stride + 1
+                out = np.empty((h.shape[0], F, OH // pool, OW // pool), dtype=np.float32)
                 conv(la.csr.indptr, la.csr.indices, la.csr.data, np.ascontiguousarray(xp), la.bias, op.stride,
-                     KH, KW, out)
+                     KH, KW, pool, OH, OW, out)
                 h = out
+                i += pool > 1  # the max-pool ran inside the convolution
             elif op.kind == "pool":
                 h, _ = maxpool_forward(h, size=op.size, stride=op.stride)
             elif op.kind == "flatten":

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from refdns.errors import NonFiniteError
 from refdns.kernels.sparse_conv import sparse_conv2d, sparse_conv2d_parallel, sparse_conv2d_ref
-from refdns.layers import conv2d_forward
+from refdns.layers import conv2d_forward, maxpool_forward
 from refdns.sparse import csr_from_dense
 from tests.kernels.sparse_cases import csr64, pruned_matrices
 from tests.strategies import conv_geometries, float_arrays
@@ -32,6 +32,15 @@ def test_matches_twin_and_dense_conv(dtype, data):
     dense, _ = conv2d_forward(x, w2.reshape(w_shape), b, stride=stride, pad=pad)
     assert_close(out, dense, dtype=dtype)
     np.testing.assert_array_equal(sparse_conv2d_parallel(*args, w_shape=w_shape, bias=b, stride=stride, pad=pad), out)
+    pool = data.draw(st.integers(2, 3))
+    if min(out.shape[2:]) >= pool:
+        pooled = sparse_conv2d(*args, w_shape=w_shape, bias=b, stride=stride, pad=pad, pool=pool)
+        want, _ = maxpool_forward(out, size=pool, stride=pool)
+        np.testing.assert_array_equal(pooled, want)  # max picks one of the same values: exact
+        assert_close(pooled, sparse_conv2d_ref(*args, w_shape=w_shape, bias=b, stride=stride, pad=pad, pool=pool),
+                     dtype=dtype)
+        np.testing.assert_array_equal(
+            sparse_conv2d_parallel(*args, w_shape=w_shape, bias=b, stride=stride, pad=pad, pool=pool), pooled)
 
 
 def test_lenet5_conv2_shape_fully_pruned_filter_gives_its_bias(rng):
@@ -56,6 +65,8 @@ def test_bad_input_is_a_named_error():
         sparse_conv2d(c.indptr, c.indices, c.data, np.ones((1, 3, 2, 5), np.float32), w_shape=(2, 3, 3, 3))
     with pytest.raises(ValueError, match="stride"):
         sparse_conv2d(c.indptr, c.indices, c.data, x, w_shape=(2, 3, 3, 3), stride=0)
+    with pytest.raises(ValueError, match="pool=4 is larger"):
+        sparse_conv2d(c.indptr, c.indices, c.data, x, w_shape=(2, 3, 3, 3), pool=4)
     x[0, 1, 2, 3] = np.inf
     with pytest.raises(NonFiniteError):
         sparse_conv2d_parallel(c.indptr, c.indices, c.data, x, w_shape=(2, 3, 3, 3))

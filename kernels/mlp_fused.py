@@ -27,15 +27,28 @@ from refdns.kernels._check import FLOATS, bias_or_zeros, check_csr, check_dense
 
 
 class PackedMLP(NamedTuple):
-    """Every layer of an MLP in flat arrays. Layer l maps dims[l] inputs to dims[l + 1] outputs."""
+    """Every layer of an MLP in four flat arrays (few arguments: Numba's per-call dispatch cost grows with
+    each array passed, and at batch 1 that cost is comparable to the arithmetic).
 
-    dims: np.ndarray  # (L + 1,) int64
-    ptr_off: np.ndarray  # (L,) int64: where layer l's column pointers start in ptr
-    ptr: np.ndarray  # (sum_l (dims[l] + 1),) int64, absolute positions into indices/data
-    indices: np.ndarray  # (nnz,) int32: output unit of each stored weight
-    data: np.ndarray  # (nnz,) float32/float64
-    bias: np.ndarray  # (sum_l dims[l + 1],)
-    bias_off: np.ndarray  # (L,) int64
+    ``meta`` = [L, dims[0..L], ptr_off[0..L-1], bias_off[0..L-1]]: layer l maps dims[l] inputs to dims[l + 1]
+    outputs; its column pointers start at ptr[ptr_off[l]], its bias at vals[nnz + bias_off[l]]. Indices are
+    stored unsigned: an unsigned index spares Numba the negative-index wraparound test on every scatter
+    (measured 5.3 -> 3.3 us for a 3%-dense LeNet-300-100 sample).
+    """
+
+    meta: np.ndarray  # (1 + (L + 1) + 2 L,) int64
+    ptr: np.ndarray  # (sum_l (dims[l] + 1),) uint32, absolute positions into indices/vals
+    indices: np.ndarray  # (nnz,) uint32: output unit of each stored weight
+    vals: np.ndarray  # (nnz + sum_l dims[l + 1],) float32/float64: weights, then every layer's bias
+    nnz: int
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.meta[0])
+
+    @property
+    def dims(self) -> np.ndarray:
+        return self.meta[1 : 2 + self.n_layers]
 
 
 def pack_mlp(layers: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> PackedMLP:
@@ -51,9 +64,7 @@ def pack_mlp(layers: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         raise TypeError(f"layer 0 values have dtype {dtype}: expected float32 or float64")
     dims = [len(layers[0][0]) - 1]
     ptrs, idx, vals, biases, ptr_off, bias_off = [], [], [], [], [], []
-    nz = 0
-    n_ptr = 0
-    n_bias = 0
+    nz = n_ptr = n_bias = 0
     for i, (indptr, indices, data, bias) in enumerate(layers):
         if not isinstance(bias, np.ndarray) or bias.ndim != 1:
             raise ValueError(f"layer {i}: bias must be a 1-D array (its length is the layer's output width)")
@@ -73,38 +84,40 @@ def pack_mlp(layers: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         n_ptr += d_in + 1
         n_bias += d_out
         dims.append(d_out)
-    return PackedMLP(np.array(dims, np.int64), np.array(ptr_off, np.int64), np.concatenate(ptrs),
-                     np.concatenate(idx).astype(np.int32), np.concatenate(vals).astype(dtype),
-                     np.concatenate(biases), np.array(bias_off, np.int64))
+    if nz >= 2**32:
+        raise ValueError(f"{nz} stored weights: too many for the packed uint32 pointers")
+    meta = np.array([len(layers), *dims, *ptr_off, *bias_off], dtype=np.int64)
+    return PackedMLP(meta, np.concatenate(ptrs).astype(np.uint32), np.concatenate(idx).astype(np.uint32),
+                     np.concatenate(vals + biases).astype(dtype), nz)
 
 
 @njit(cache=True)
-def _sample(x, dims, ptr_off, ptr, indices, data, bias, bias_off, a, b, out):
+def _sample(x, meta, ptr, indices, vals, nnz, a, b, out):
     """One sample through every layer; return -1, or the layer whose input held a NaN/Inf (L: the output)."""
-    L = dims.shape[0] - 1
-    for j in range(dims[0]):
+    L = meta[0]
+    for j in range(meta[1]):
         a[j] = x[j]
     for layer in range(L):
-        D = dims[layer]
-        M = dims[layer + 1]
-        bo = bias_off[layer]
+        D = meta[1 + layer]
+        M = meta[2 + layer]
+        p0 = meta[2 + L + layer]
+        bo = nnz + meta[2 + 2 * L + layer]
         for i in range(M):
-            b[i] = bias[bo + i]
-        p0 = ptr_off[layer]
+            b[i] = vals[bo + i]
         for j in range(D):
             xj = a[j]
-            if xj == 0.0:
+            if xj == 0.0:  # a zero activation: its column is never read
                 continue
             if not np.isfinite(xj):
                 return layer
             for k in range(ptr[p0 + j], ptr[p0 + j + 1]):
-                b[indices[k]] += data[k] * xj
+                b[indices[k]] += vals[k] * xj
         if layer < L - 1:
             for i in range(M):
                 if b[i] < 0.0:
                     b[i] = 0.0
         a, b = b, a
-    for i in range(dims[L]):
+    for i in range(meta[1 + L]):
         if not np.isfinite(a[i]):
             return L
         out[i] = a[i]
@@ -112,29 +125,31 @@ def _sample(x, dims, ptr_off, ptr, indices, data, bias, bias_off, a, b, out):
 
 
 @njit(cache=True)
-def _fused_kernel(x, dims, ptr_off, ptr, indices, data, bias, bias_off, out):
-    width = dims.max()
-    a = np.empty(width, dtype=data.dtype)
-    b = np.empty(width, dtype=data.dtype)
+def _fused_kernel(x, meta, ptr, indices, vals, nnz, out):
+    L = meta[0]
+    width = meta[1 : 2 + L].max()
+    a = np.empty(width, dtype=vals.dtype)
+    b = np.empty(width, dtype=vals.dtype)
     for n in range(x.shape[0]):
-        bad = _sample(x[n], dims, ptr_off, ptr, indices, data, bias, bias_off, a, b, out[n])
+        bad = _sample(x[n], meta, ptr, indices, vals, nnz, a, b, out[n])
         if bad >= 0:
-            return n * (dims.shape[0]) + bad
+            return n * (L + 1) + bad
     return -1
 
 
 @njit(cache=True, parallel=True)
-def _fused_parallel_kernel(x, dims, ptr_off, ptr, indices, data, bias, bias_off, n_chunks, out):
-    width = dims.max()
+def _fused_parallel_kernel(x, meta, ptr, indices, vals, nnz, n_chunks, out):
+    L = meta[0]
+    width = meta[1 : 2 + L].max()
     N = x.shape[0]
     status = np.full(n_chunks, -1, dtype=np.int64)
     for c in prange(n_chunks):
-        a = np.empty(width, dtype=data.dtype)
-        b = np.empty(width, dtype=data.dtype)
+        a = np.empty(width, dtype=vals.dtype)
+        b = np.empty(width, dtype=vals.dtype)
         for n in range(c * N // n_chunks, (c + 1) * N // n_chunks):
-            bad = _sample(x[n], dims, ptr_off, ptr, indices, data, bias, bias_off, a, b, out[n])
+            bad = _sample(x[n], meta, ptr, indices, vals, nnz, a, b, out[n])
             if bad >= 0:
-                status[c] = n * (dims.shape[0]) + bad
+                status[c] = n * (L + 1) + bad
                 break
     for c in range(n_chunks):
         if status[c] >= 0:
@@ -145,10 +160,11 @@ def _fused_parallel_kernel(x, dims, ptr_off, ptr, indices, data, bias, bias_off,
 def _prepare(packed: PackedMLP, x):
     if not isinstance(packed, PackedMLP):
         raise TypeError(f"packed: expected a PackedMLP from pack_mlp, got {type(packed).__name__}")
-    check_dense("x", x, 2, packed.data.dtype)
-    if x.shape[1] != packed.dims[0]:
-        raise ValueError(f"x has shape {x.shape}, expected (N, {packed.dims[0]})")
-    return np.ascontiguousarray(x), np.empty((x.shape[0], int(packed.dims[-1])), dtype=packed.data.dtype)
+    check_dense("x", x, 2, packed.vals.dtype)
+    if x.shape[1] != packed.meta[1]:
+        raise ValueError(f"x has shape {x.shape}, expected (N, {packed.meta[1]})")
+    return np.ascontiguousarray(x), np.empty((x.shape[0], int(packed.meta[1 + packed.meta[0]])),
+                                             dtype=packed.vals.dtype)
 
 
 def _raise_bad(code: int, n_layers: int) -> None:
@@ -179,7 +195,8 @@ def mlp_forward_fused(packed: PackedMLP, x: np.ndarray) -> np.ndarray:
         A NaN/Inf input, or an activation that overflowed (names the sample and layer).
     """
     x, out = _prepare(packed, x)
-    _raise_bad(_fused_kernel(x, *packed[:6], packed.bias_off, out), len(packed.bias_off))
+    p = packed
+    _raise_bad(_fused_kernel(x, p.meta, p.ptr, p.indices, p.vals, p.nnz, out), p.n_layers)
     return out
 
 
@@ -189,7 +206,8 @@ def mlp_forward_fused_parallel(packed: PackedMLP, x: np.ndarray, *, n_chunks: in
         raise ValueError(f"n_chunks={n_chunks!r} must be an int >= 1")
     x, out = _prepare(packed, x)
     chunks = max(1, min(int(n_chunks), x.shape[0]))
-    _raise_bad(_fused_parallel_kernel(x, *packed[:6], packed.bias_off, chunks, out), len(packed.bias_off))
+    p = packed
+    _raise_bad(_fused_parallel_kernel(x, p.meta, p.ptr, p.indices, p.vals, p.nnz, chunks, out), p.n_layers)
     return out
 
 

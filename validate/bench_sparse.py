@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -196,6 +197,8 @@ def bench_checkpoint(path: str, x_all: np.ndarray, batches, reps: int) -> dict:
             with ctx():
                 ts, cpu = timed(fn, inputs, reps=reps, inner=inner)
                 row["agree"][name] = bool(np.array_equal(np.asarray(fn(inputs[0])).argmax(axis=1), want))
+            print(f"  {spec.name} batch {n:>6,} {name:<10} {1e3 * statistics.median(ts):10.4g} ms", file=sys.stderr,
+                  flush=True)
             row["ms"][name] = 1e3 * statistics.median(ts)
             row["ms_min"][name] = 1e3 * min(ts)
             row["ms_all"][name] = [1e3 * t for t in ts]

@@ -286,6 +286,54 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_infer(args) -> int:
+    import hashlib
+
+    import numpy as np
+
+    from refdns import checkpoint
+    from refdns.datasets import load_mnist
+    from refdns.nets.sequential import predict
+    from refdns.sparse import SparseNet, format_storage
+    from refdns.train import effective_params
+
+    ck = checkpoint.load(args.checkpoint)
+    st = ck.state
+    x_test, y_test = load_mnist("test", dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download)
+    if args.batch_size < 1:
+        from refdns.errors import ConfigError
+
+        raise ConfigError(f"--batch-size {args.batch_size} must be >= 1")
+    storage = None
+    if args.sparse:
+        net = SparseNet.from_params(st.spec, st.params, st.masks)
+        storage = net.storage()
+        net.predict(x_test[:2], batch_size=1)  # compile (or load the cached kernels) outside the timing
+        t0 = time.perf_counter()
+        pred = net.predict(x_test, batch_size=args.batch_size)
+    else:
+        params = effective_params(st.params, st.masks)
+        t0 = time.perf_counter()
+        pred = predict(st.spec, params, x_test, batch_size=args.batch_size)
+    seconds = time.perf_counter() - t0
+    test_error = float(np.mean(pred != y_test))
+    mode = "sparse" if args.sparse else "dense"
+    if storage is not None:
+        print(format_storage(storage))
+        print()
+    print(f"{st.spec.name} ({ck.method}, {args.checkpoint}): {mode} test error {100 * test_error:.2f}% on "
+          f"{len(y_test):,} images in {seconds:.2f} s ({len(y_test) / seconds:,.0f} images/s, batch {args.batch_size})")
+    if args.json:
+        out = {"net": st.spec.name, "checkpoint": str(args.checkpoint), "method": ck.method, "mode": mode,
+               "dataset": args.dataset, "test_error": test_error, "n_test": int(len(y_test)),
+               "errors": int(np.sum(pred != y_test)), "seconds": seconds, "batch_size": args.batch_size,
+               "predictions_sha256": hashlib.sha256(pred.astype("<i8").tobytes()).hexdigest()}
+        if storage is not None:
+            out["storage"] = storage
+        write_json(args.json, out)
+    return 0
+
+
 def _add_dns_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("surgery (per-layer values: one number for every layer, or layer=value,...)")
     g.add_argument("--recipe", default="refdns", choices=["refdns", "authors"],
@@ -481,6 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write test_error (fraction) and kept counts as JSON")
     _add_data_args(p)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("infer", help="test error of a (pruned) checkpoint, dense or with the sparse kernels")
+    p.add_argument("checkpoint", help="HDF5 checkpoint written by train, dns or any pruning method")
+    p.add_argument("--sparse", action="store_true",
+                   help="run the CSR kernels on w * mask (and print the storage report) instead of dense NumPy")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--json", metavar="FILE", help="also write test_error (a fraction) and the figures as JSON")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_infer)
     return parser
 
 

@@ -71,3 +71,7 @@ class TraceError(RefdnsError, ValueError):
 class InterchangeError(RefdnsError, ValueError):
     """An ``.npz`` weight file has missing or unexpected keys, wrong shapes or dtypes, or non-finite values.
     """
+
+
+class SparseFormatError(RefdnsError, ValueError):
+    """A sparse (CSR) matrix is malformed: wrong index dtype, lengths, pointers or out-of-range columns."""

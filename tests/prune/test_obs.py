@@ -132,33 +132,36 @@ def _recon_err(W, Wp, X):
     return float(np.sum(((W - Wp) @ X.T) ** 2))
 
 
-def test_layerwise_obs_hits_the_density_and_beats_magnitude(rng):
+@pytest.mark.parametrize("allocation", ["global", "row"])
+def test_layerwise_obs_hits_the_density_and_beats_magnitude(rng, allocation):
     M, D, S = 6, 12, 200
     X = rng.standard_normal((S, D)) @ rng.standard_normal((D, D)) * 0.3  # correlated inputs
     X[:, 3] = 0.0  # a dead input
     W = rng.standard_normal((M, D))
-    out = layerwise_obs(W, X, [1.0, 0.5, 0.25], damping=1e-6, chunk_bytes=8 * D * D * 4)
-    assert np.array_equal(out[1.0][:, np.arange(D) != 3], W[:, np.arange(D) != 3])
-    assert np.all(out[1.0][:, 3] == 0)
+    out = layerwise_obs(W, X, [1.0, 0.5, 0.25], damping=1e-6, allocation=allocation)
+    np.testing.assert_array_equal(out[1.0], W)
+    live = np.arange(D) != 3
+    Hd = 2 * X[:, live].T @ X[:, live]
+    Hd += 1e-6 * np.mean(np.diag(Hd)) * np.eye(D - 1)
     for f in (0.5, 0.25):
         Wp = out[f]
         assert np.count_nonzero(Wp) == round(f * M * D)
+        if allocation == "row":
+            assert np.all(np.count_nonzero(Wp, axis=1) == round(f * D))
+        assert np.all(Wp[:, 3] == 0)  # the free removals come first
         thr = np.sort(np.abs(W).ravel())[::-1][round(f * M * D) - 1]
         Wm = np.where(np.abs(W) >= thr, W, 0.0)
         assert _recon_err(W, Wp, X) < _recon_err(W, Wm, X)
         # each row is the constrained least-squares optimum for its own zero set
         for r in range(M):
-            z = Wp[r] == 0
-            Hd = 2 * X.T @ X
-            Hd[3, 3] = 1.0
-            Hd += 1e-6 * np.mean(np.diag(Hd)) * np.eye(D)
-            free = ~z
-            w_ref = W[r].copy()
-            w_ref[3] = 0.0
-            u = np.zeros(D)
-            u[free] = np.linalg.solve(Hd[np.ix_(free, free)], Hd[np.ix_(free, free)] @ w_ref[free]
-                                      + Hd[np.ix_(free, z)] @ w_ref[z])
-            np.testing.assert_allclose(Wp[r], u, rtol=1e-6, atol=1e-8)
+            wl, pl = W[r, live], Wp[r, live]
+            z, free = pl == 0, pl != 0
+            u = np.zeros(D - 1)
+            u[free] = np.linalg.solve(Hd[np.ix_(free, free)], Hd[np.ix_(free, free)] @ wl[free]
+                                      + Hd[np.ix_(free, z)] @ wl[z])
+            np.testing.assert_allclose(pl, u, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ConfigError, match="allocation"):
+        layerwise_obs(W, X, [0.5], allocation="column")
 
 
 def test_layer_inputs_of_dense_and_conv_layers(rng):

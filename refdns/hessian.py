@@ -14,7 +14,8 @@ they are evaluated by calling the layers' own forward/backward with swapped argu
                  R{dx}  = R{dout} (*) W + dout (*) V            R{dW} = R{dout} (*) x + dout (*) R{x}
     relu, pool   piecewise linear: R{out} and R{dx} use the same winner / sign pattern as forward and
                  backward (the second derivative is 0 away from the kinks)
-    softmax CE   R{dL/dz} = (p * R{z} - p (p . R{z})) / N,  i.e. the loss Hessian (diag p - p p^T) / N times R{z}
+    softmax CE   R{dL/dz} = (p * R{z} - p (p . R{z})) / N,
+                 i.e. the loss Hessian (diag p - p p^T) / N times R{z}
 
 The full Hessian is assembled from n products with the unit vectors. The Gauss-Newton (outer-product)
 matrix ``G = J^T H_L J`` comes from the same passes with the backward restricted to the ``R{dout}`` terms
@@ -148,8 +149,9 @@ def _forward(spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray):
         if op.kind == "dense":
             h, c = dense_forward(h, params[op.name + ".weight"], params[op.name + ".bias"])
         elif op.kind == "conv":
-            h, c = conv2d_forward(h, params[op.name + ".weight"], params[op.name + ".bias"],
-                                  stride=op.stride, pad=op.pad)
+            h, c = conv2d_forward(
+                h, params[op.name + ".weight"], params[op.name + ".bias"], stride=op.stride, pad=op.pad
+            )
         elif op.kind == "pool":
             h, c = maxpool_forward(h, size=op.size, stride=op.stride)
         elif op.kind == "relu":
@@ -194,7 +196,7 @@ def _r_forward(spec: NetSpec, params, ins, caches, vparams):
 
 
 def _maxpool_select(rx: np.ndarray, cache) -> np.ndarray:
-    """Apply a max-pool's forward winner pattern to another array (the pool is linear once winners are fixed)."""
+    """Apply a max-pool's forward winner pattern to another array (linear once the winners are fixed)."""
     col_win, row_win, (N, C, H, W), dtype, size, stride = cache
     OH, OW = row_win.shape[3:]
     HU = col_win.shape[3]
@@ -282,8 +284,9 @@ def loss_and_gradient(
     return L, np.concatenate([g[k].ravel() for k in spec.param_shapes()])
 
 
-def loss_value(spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, *,
-               loss: str = "softmax_ce") -> float:
+def loss_value(
+    spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, *, loss: str = "softmax_ce"
+) -> float:
     """The training loss in float64 (forward only)."""
     p64, x, y = _as64(spec, params, x, y, loss)
     z = _forward(spec, p64, x)[0]
@@ -364,14 +367,16 @@ def full_hessian(
     return H
 
 
-def gauss_newton_matrix(spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, *,
-                        loss: str = "softmax_ce") -> np.ndarray:
+def gauss_newton_matrix(
+    spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, *, loss: str = "softmax_ce"
+) -> np.ndarray:
     """The Gauss-Newton (outer-product) matrix ``G = (1/N) sum_n J_n^T H_L,n J_n``, shape (n, n), float64."""
     return full_hessian(spec, params, x, y, loss=loss, gauss_newton=True)
 
 
-def output_factors(spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, *,
-                   loss: str = "softmax_ce") -> np.ndarray:
+def output_factors(
+    spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, *, loss: str = "softmax_ce"
+) -> np.ndarray:
     """Vectors X with ``G = (1/N) sum X X^T``: the input of Hassibi & Stork's recursive inverse.
 
     Per sample n the logits' loss Hessian factors as ``diag(p) - p p^T = sum_i p_i (e_i - p)(e_i - p)^T``
@@ -430,8 +435,9 @@ def obd_diagonal(
             d2, hw, hb = dense_backward(d2, DenseCache(c.x * c.x, c.w * c.w), need_dx=i != first)
             out[op.name + ".weight"], out[op.name + ".bias"] = hw, hb
         elif op.kind == "conv":
-            d2, hw, hb = conv2d_backward(d2, c._replace(cols=c.cols * c.cols, w=c.w * c.w),
-                                         need_dx=i != first)
+            d2, hw, hb = conv2d_backward(
+                d2, c._replace(cols=c.cols * c.cols, w=c.w * c.w), need_dx=i != first
+            )
             out[op.name + ".weight"], out[op.name + ".bias"] = hw, hb
         elif op.kind == "pool":
             d2 = maxpool_backward(d2, c)  # f' is 1 for the winner, 0 elsewhere: f'^2 = f'

@@ -23,19 +23,34 @@ from refdns.nets.sequential import NetSpec, Op, init_params, loss_and_grads
 from tests.gradcheck import numerical_gradient, rel_error
 from tests.tolerances import GRADCHECK_RTOL, GRADCHECK_STEP
 
-MLP = NetSpec("mlp", (1, 3, 3), 3, (Op("flatten"), Op("dense", "fc1", w_shape=(5, 9), b_shape=(5,)), Op("relu"),
-                                     Op("dense", "fc2", w_shape=(3, 5), b_shape=(3,))))
-CONVNET = NetSpec("convnet", (2, 6, 6), 3, (
-    Op("conv", "c1", w_shape=(3, 2, 3, 3), b_shape=(3,), stride=1, pad=1),
-    Op("pool", size=2, stride=2),
-    Op("conv", "c2", w_shape=(2, 3, 2, 2), b_shape=(2,)),
-    Op("relu"),
-    Op("flatten"),
-    Op("dense", "fc", w_shape=(3, 8), b_shape=(3,)),
-))
+MLP = NetSpec(
+    "mlp",
+    (1, 3, 3),
+    3,
+    (
+        Op("flatten"),
+        Op("dense", "fc1", w_shape=(5, 9), b_shape=(5,)),
+        Op("relu"),
+        Op("dense", "fc2", w_shape=(3, 5), b_shape=(3,)),
+    ),
+)
+CONVNET = NetSpec(
+    "convnet",
+    (2, 6, 6),
+    3,
+    (
+        Op("conv", "c1", w_shape=(3, 2, 3, 3), b_shape=(3,), stride=1, pad=1),
+        Op("pool", size=2, stride=2),
+        Op("conv", "c2", w_shape=(2, 3, 2, 2), b_shape=(2,)),
+        Op("relu"),
+        Op("flatten"),
+        Op("dense", "fc", w_shape=(3, 8), b_shape=(3,)),
+    ),
+)
 LINEAR = NetSpec("linear", (1, 2, 3), 4, (Op("flatten"), Op("dense", "fc", w_shape=(4, 6), b_shape=(4,))))
-CONV_ONLY = NetSpec("conv-only", (2, 5, 5), 18, (Op("conv", "c", w_shape=(2, 2, 3, 3), b_shape=(2,)),
-                                               Op("flatten")))
+CONV_ONLY = NetSpec(
+    "conv-only", (2, 5, 5), 18, (Op("conv", "c", w_shape=(2, 2, 3, 3), b_shape=(2,)), Op("flatten"))
+)
 NETS = {"mlp": MLP, "convnet": CONVNET}
 # Relative error floor for Hessian-vector products, whose entries are O(0.01 .. 1) on these nets.
 HVP_FLOOR = 1e-3
@@ -121,8 +136,10 @@ def test_gauss_newton_equals_hessian_on_a_linear_model(loss):
         blk = xa.T @ xa / len(x)  # (7, 7) per output unit, weights then bias
         sl = param_slices(LINEAR)
         for m in range(4):
-            idx = np.r_[np.arange(sl["fc.weight"].start + 6 * m, sl["fc.weight"].start + 6 * m + 6),
-                        sl["fc.bias"].start + m]
+            idx = np.r_[
+                np.arange(sl["fc.weight"].start + 6 * m, sl["fc.weight"].start + 6 * m + 6),
+                sl["fc.bias"].start + m,
+            ]
             np.testing.assert_allclose(H[np.ix_(idx, idx)], blk, rtol=1e-12, atol=1e-15)
 
 
@@ -136,11 +153,14 @@ def test_output_factors_rebuild_the_gauss_newton_matrix(loss):
     p, x, y, _ = _case(CONVNET, 11, n=4)
     X = output_factors(CONVNET, p, x, y, loss=loss)
     assert X.shape == (4 * 3, CONVNET.n_params())
-    np.testing.assert_allclose(X.T @ X / 4, gauss_newton_matrix(CONVNET, p, x, y, loss=loss),
-                               rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        X.T @ X / 4, gauss_newton_matrix(CONVNET, p, x, y, loss=loss), rtol=1e-10, atol=1e-14
+    )
 
 
-@pytest.mark.parametrize(("spec", "loss"), [(LINEAR, "squared"), (LINEAR, "softmax_ce"), (CONV_ONLY, "squared")])
+@pytest.mark.parametrize(
+    ("spec", "loss"), [(LINEAR, "squared"), (LINEAR, "softmax_ce"), (CONV_ONLY, "squared")]
+)
 def test_obd_recursion_is_exact_where_its_approximations_vanish(spec, loss):
     # One layer, and an output Hessian that is diagonal over the outputs a weight touches: no cross terms
     # to drop, so LeCun's recursion must reproduce the exact diagonal (conv: shared weights included).
@@ -190,4 +210,6 @@ def test_float32_params_are_promoted_to_float64():
     out = hvp(MLP, p32, x.astype(np.float32), y, v)
     assert out.dtype == np.float64
     p_back = {k: v.astype(np.float64) for k, v in p32.items()}
-    np.testing.assert_allclose(out, hvp(MLP, p_back, x.astype(np.float32).astype(np.float64), y, v), rtol=1e-13)
+    np.testing.assert_allclose(
+        out, hvp(MLP, p_back, x.astype(np.float32).astype(np.float64), y, v), rtol=1e-13
+    )

@@ -52,12 +52,12 @@ from refdns.hessian import (
     param_vector,
     vector_to_params,
 )
-from refdns.nets import get_spec
 from refdns.layers import maxpool_forward
+from refdns.nets import get_spec
 from refdns.nets.mnist9 import SPEC as STUDY_SPEC
 from refdns.nets.sequential import NetSpec, error_rate
 from refdns.optim import SGDConfig
-from refdns.prune.obd import lowest_score_masks, saliency
+from refdns.prune.obd import lowest_score_masks
 from refdns.prune.obs import damped_inverse, layer_inputs, layerwise_obs, obs_path, woodbury_inverse
 from refdns.train import TrainConfig, new_run, train
 
@@ -90,8 +90,11 @@ def corr(pred, actual):
     pred, actual = np.asarray(pred), np.asarray(actual)
     if len(pred) < 3:
         return {"pearson": None, "spearman": None, "n": len(pred)}
-    return {"pearson": float(pearsonr(pred, actual)[0]), "spearman": float(spearmanr(pred, actual)[0]),
-            "n": int(len(pred))}
+    return {
+        "pearson": float(pearsonr(pred, actual)[0]),
+        "spearman": float(spearmanr(pred, actual)[0]),
+        "n": int(len(pred)),
+    }
 
 
 def sequential_path(spec, w0, order, x_h, y_h, pred, snap_at):
@@ -128,14 +131,28 @@ def run_study(args) -> dict:
     x_test, y_test = load_mnist("test", data_dir=data_dir)
     spec = STUDY_SPEC
     rng = np.random.default_rng(args.seed)
-    out: dict = {"net": spec.name, "n_params": spec.n_params(), "seed": args.seed, "quick": args.quick,
-                 "machine": {"cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg(),
-                             "python": platform.python_version(), "numpy": np.__version__}}
+    out: dict = {
+        "net": spec.name,
+        "n_params": spec.n_params(),
+        "seed": args.seed,
+        "quick": args.quick,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "load_avg_start": os.getloadavg(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+    }
     iters = 2000 if args.quick else 10_000
     params32, t_train = train_net(spec, (x_train, y_train, x_test, y_test), iters, args.seed, base_lr=0.05)
     p64 = {k: v.astype(np.float64) for k, v in params32.items()}
     dense_err = test_error(spec, p64, x_test, y_test)
-    out["training"] = {"iterations": iters, "base_lr": 0.05, "seconds": t_train, "dense_test_error": dense_err}
+    out["training"] = {
+        "iterations": iters,
+        "base_lr": 0.05,
+        "seconds": t_train,
+        "dense_test_error": dense_err,
+    }
 
     n_h = 1000 if args.quick else args.hessian_samples
     idx = rng.choice(len(x_train), size=n_h, replace=False)
@@ -185,18 +202,29 @@ def run_study(args) -> dict:
     hinv_exact, info_exact = damped_inverse(H, damping=args.damping, shift_indefinite=True)
     timings["exact_inverse"] = time.perf_counter() - t0
     out["hessian"] = {
-        "samples": n_h, "loss": L0, "grad_norm": float(np.linalg.norm(g0)),
+        "samples": n_h,
+        "loss": L0,
+        "grad_norm": float(np.linalg.norm(g0)),
         "grad_norm_weights_rms": float(np.sqrt(np.mean(g0[cand] ** 2))),
-        "eig_min": float(eig[0]), "eig_max": float(eig[-1]), "n_negative_eigs": int(np.sum(eig < 0)),
-        "gn_eig_min": float(eig_g[0]), "gn_eig_max": float(eig_g[-1]),
-        "exact_diag_equals_gn_diag_max_rel": float(np.max(np.abs(d_exact - np.diag(G))) / np.max(np.abs(d_exact))),
+        "eig_min": float(eig[0]),
+        "eig_max": float(eig[-1]),
+        "n_negative_eigs": int(np.sum(eig < 0)),
+        "gn_eig_min": float(eig_g[0]),
+        "gn_eig_max": float(eig_g[-1]),
+        "exact_diag_equals_gn_diag_max_rel": float(
+            np.max(np.abs(d_exact - np.diag(G))) / np.max(np.abs(d_exact))
+        ),
         "obd_recursion_vs_exact_diag": corr(d_rec[cand], d_exact[cand]),
-        "obd_recursion_over_exact_median": float(np.median(d_rec[cand & (d_exact > 0)] / d_exact[cand & (d_exact > 0)])),
+        "obd_recursion_over_exact_median": float(
+            np.median(d_rec[cand & (d_exact > 0)] / d_exact[cand & (d_exact > 0)])
+        ),
         "zero_curvature_weights": int(np.sum(cand & (d_exact == 0))),
         "exact_inverse": info_exact,
         "woodbury_alpha": alpha,
         "second_alpha": alpha2,
-        "woodbury_vs_direct_max_rel": float(np.max(np.abs(hinv_wood - hinv_gn_direct)) / np.max(np.abs(hinv_gn_direct))),
+        "woodbury_vs_direct_max_rel": float(
+            np.max(np.abs(hinv_wood - hinv_gn_direct)) / np.max(np.abs(hinv_gn_direct))
+        ),
         "timings_s": timings,
     }
 
@@ -206,14 +234,20 @@ def run_study(args) -> dict:
     sal_rec = np.where(cand, 0.5 * d_rec * w0**2, np.inf)  # OBD: s_k = h_kk w_k^2 / 2
     sal_exact = np.where(cand, 0.5 * d_exact * w0**2, np.inf)
     n_remove = n_w - min(counts.values())
-    for name, score, pred in [("magnitude", w_abs, np.full_like(w0, np.nan)),
-                              ("OBD (recursion)", sal_rec, sal_rec), ("OBD (exact diagonal)", sal_exact, sal_exact)]:
+    for name, score, pred in [
+        ("magnitude", w_abs, np.full_like(w0, np.nan)),
+        ("OBD (recursion)", sal_rec, sal_rec),
+        ("OBD (exact diagonal)", sal_exact, sal_exact),
+    ]:
         t0 = time.perf_counter()
         order = np.argsort(score, kind="stable")[:n_remove]
         actual, snaps, pr = sequential_path(spec, w0, order, x_h, y_h, pred, snap_at)
         methods[name] = {"actual": actual, "pred": pr, "snaps": snaps, "seconds": time.perf_counter() - t0}
-    obs_runs = [("OBS (exact)", hinv_exact), (f"OBS (outer-product, recursive, damping {args.damping:g})", hinv_wood),
-                (f"OBS (outer-product, damping {args.damping2:g})", hinv_gn2)]
+    obs_runs = [
+        ("OBS (exact)", hinv_exact),
+        (f"OBS (outer-product, recursive, damping {args.damping:g})", hinv_wood),
+        (f"OBS (outer-product, damping {args.damping2:g})", hinv_gn2),
+    ]
     for name, hinv in obs_runs:
         t0 = time.perf_counter()
         actual, snaps, pr = obs_global_path(spec, w0, hinv, cand, n_remove, x_h, y_h, snap_at)
@@ -223,15 +257,19 @@ def run_study(args) -> dict:
     X_in = layer_inputs(spec, p64, x_h)
     per_layer = {"magnitude (per layer)": {}, "OBS (layer-wise)": {}}
     t0 = time.perf_counter()
-    lw = {op.name: layerwise_obs(p64[op.name + ".weight"], X_in[op.name], LEVELS, damping=0.01, layer=op.name)
-          for op in spec.layers}
+    lw = {
+        op.name: layerwise_obs(p64[op.name + ".weight"], X_in[op.name], LEVELS, damping=0.01, layer=op.name)
+        for op in spec.layers
+    }
     t_lw = time.perf_counter() - t0
     for f in LEVELS:
         pm = dict(p64)
         pl = dict(p64)
         for op in spec.layers:
             key = op.name + ".weight"
-            masks = lowest_score_masks({key: np.abs(p64[key])}, {key: np.ones(p64[key].shape, bool)}, [key], f)
+            masks = lowest_score_masks(
+                {key: np.abs(p64[key])}, {key: np.ones(p64[key].shape, bool)}, [key], f
+            )
             pm[key] = p64[key] * masks[key]
             pl[key] = lw[op.name][f]
         per_layer["magnitude (per layer)"][f] = pm
@@ -257,8 +295,12 @@ def run_study(args) -> dict:
         if name == "magnitude":
             continue
         pred, act = np.array(m["pred"]), np.array(m["actual"])
-        pva[name] = {"all_removals": corr(pred, act), "first_half": corr(pred[:half], act[:half]),
-                     "sum_pred_first_half": float(pred[:half].sum()), "sum_actual_first_half": float(act[:half].sum())}
+        pva[name] = {
+            "all_removals": corr(pred, act),
+            "first_half": corr(pred[:half], act[:half]),
+            "sum_pred_first_half": float(pred[:half].sum()),
+            "sum_actual_first_half": float(act[:half].sum()),
+        }
     # Single deletions from the trained net: OBD deletes w_k alone; OBS deletes w_q and applies its update.
     single = {"OBD (recursion)": ([], []), "OBD (exact diagonal)": ([], []), "OBS (exact)": ([], [])}
     dq = np.diag(hinv_exact)
@@ -292,14 +334,27 @@ def lenet300_layerwise(args) -> dict:
     rng = np.random.default_rng(args.seed + 1)  # an independent stream for the LeNet-300-100 samples
     idx = rng.choice(len(x_train), size=args.lenet_samples, replace=False)
     X_in = layer_inputs(spec, p64, x_train[idx].astype(np.float64))
-    res = {"dense_test_error": dense_err, "train_seconds": t_train, "samples": args.lenet_samples, "layers": {}}
+    res = {
+        "dense_test_error": dense_err,
+        "train_seconds": t_train,
+        "samples": args.lenet_samples,
+        "layers": {},
+        "allocation": args.lenet_allocation,
+    }
     pruned = {f: dict(p64) for f in LENET_LEVELS}
     tracemalloc.start()
     t_all = time.perf_counter()
     for op in spec.layers:
         key = op.name + ".weight"
         t0 = time.perf_counter()
-        lw = layerwise_obs(p64[key], X_in[op.name], LENET_LEVELS, damping=0.01, layer=op.name)
+        lw = layerwise_obs(
+            p64[key],
+            X_in[op.name],
+            LENET_LEVELS,
+            damping=0.01,
+            allocation=args.lenet_allocation,
+            layer=op.name,
+        )
         res["layers"][op.name] = {"shape": list(p64[key].shape), "seconds": time.perf_counter() - t0}
         for f in LENET_LEVELS:
             pruned[f][key] = lw[f]
@@ -313,14 +368,23 @@ def lenet300_layerwise(args) -> dict:
             key = op.name + ".weight"
             m = lowest_score_masks({key: np.abs(p64[key])}, {key: np.ones(p64[key].shape, bool)}, [key], f)
             mag[key] = p64[key] * m[key]
-        rows.append({"kept": f, "magnitude (per layer)": test_error(spec, mag, x_test, y_test),
-                     "OBS (layer-wise)": test_error(spec, pruned[f], x_test, y_test)})
+        rows.append(
+            {
+                "kept": f,
+                "magnitude (per layer)": test_error(spec, mag, x_test, y_test),
+                "OBS (layer-wise)": test_error(spec, pruned[f], x_test, y_test),
+            }
+        )
     res["test_error"] = rows
     return res
 
 
 def fmt_pct(v):
     return "-" if v is None else f"{100 * v:.2f}"
+
+
+def fmt_corr(x):
+    return "-" if x is None else f"{fmt_r(x['pearson'])} / {fmt_r(x['spearman'])}"
 
 
 def fmt_r(v):
@@ -334,10 +398,11 @@ def markdown(res: dict) -> str:
     lines = [
         "# OBD / OBS study (no retraining)",
         "",
-        f"Net `{res['net']}` ({res['n_params']} parameters), trained {t['iterations']} iterations with refdns's "
-        f"Caffe solver in {t['seconds']:.1f} s; dense test error {fmt_pct(t['dense_test_error'])} %. "
-        f"Hessians on {h['samples']} training images, float64. Weights pruned, biases kept; global methods rank "
-        f"all weights of both layers together, per-layer methods keep the same fraction in every layer. "
+        f"Net `{res['net']}` ({res['n_params']} parameters), trained {t['iterations']} iterations with "
+        f"refdns's Caffe solver in {t['seconds']:.1f} s; dense test error "
+        f"{fmt_pct(t['dense_test_error'])} %. "
+        f"Hessians on {h['samples']} training images, float64. Weights pruned, biases kept; global methods "
+        f"rank all weights of both layers together, per-layer methods keep the same fraction in every layer. "
         f"Quick mode: {res['quick']}. Machine: {res['machine']['cpu_count']} cores, load average at start "
         f"{res['machine']['load_avg_start'][0]:.1f} (shared), BLAS threads {res['machine']['blas_threads']}.",
         "",
@@ -348,48 +413,74 @@ def markdown(res: dict) -> str:
     ]
     for r in res["test_error"]:
         lines.append(f"| {100 * r['kept']:g} | " + " | ".join(fmt_pct(r[n]) for n in names) + " |")
-    lines += ["", "## Predicted vs actual loss increase", "",
-              "Per removal along each method's path (Pearson / Spearman), over all removals and over the first "
-              "half; and for every weight deleted alone from the trained net.", "",
-              "| method | path, all (P / S) | path, first half (P / S) | sum pred / actual, first half | "
-              "single deletions (P / S) |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Predicted vs actual loss increase",
+        "",
+        "Per removal along each method's path (Pearson / Spearman), over all removals and over the first "
+        "half; and for every weight deleted alone from the trained net.",
+        "",
+        "| method | path, all (P / S) | path, first half (P / S) | sum pred / actual, first half | "
+        "single deletions (P / S) |",
+        "|---|---|---|---|---|",
+    ]
     for name, d in res["predicted_vs_actual"].items():
         a, f1, s = d.get("all_removals"), d.get("first_half"), d.get("single_deletions")
-        c = (lambda x: "-" if x is None else f"{fmt_r(x['pearson'])} / {fmt_r(x['spearman'])}")
-        sums = (f"{d['sum_pred_first_half']:.3g} / {d['sum_actual_first_half']:.3g}" if "sum_pred_first_half" in d
-                else "-")
+        c = fmt_corr
+        sums = (
+            f"{d['sum_pred_first_half']:.3g} / {d['sum_actual_first_half']:.3g}"
+            if "sum_pred_first_half" in d
+            else "-"
+        )
         lines.append(f"| {name} | {c(a)} | {c(f1)} | {sums} | {c(s)} |")
     ei = h["exact_inverse"]
-    lines += ["", "## The Hessian", "",
-              f"- loss {h['loss']:.4f}, gradient norm {h['grad_norm']:.3g} (the trained point is not an exact "
-              f"minimum: weight decay and SGD noise), eigenvalues {h['eig_min']:.3g} .. {h['eig_max']:.3g}, "
-              f"{h['n_negative_eigs']} negative; Gauss-Newton eigenvalues {h['gn_eig_min']:.3g} .. {h['gn_eig_max']:.3g}.",
-              f"- OBS (exact) inverts H + {ei['lambda']:.3g} I (shifted to positive definite: relative damping "
-              f"plus -lambda_min), condition {ei['condition']:.3g}. {h['zero_curvature_weights']} weights have "
-              "exactly zero curvature (inputs that are 0 on every Hessian sample).",
-              f"- exact diagonal vs Gauss-Newton diagonal: max relative difference "
-              f"{h['exact_diag_equals_gn_diag_max_rel']:.2g} (a ReLU net is linear in each single weight).",
-              f"- OBD recursion vs exact diagonal over the weights: Pearson "
-              f"{fmt_r(h['obd_recursion_vs_exact_diag']['pearson'])}, Spearman "
-              f"{fmt_r(h['obd_recursion_vs_exact_diag']['spearman'])}, median ratio "
-              f"{h['obd_recursion_over_exact_median']:.3f}.",
-              f"- recursive outer-product inverse (alpha = {h['woodbury_alpha']:.3g}) vs direct inverse of "
-              f"G + alpha I: max relative difference {h['woodbury_vs_direct_max_rel']:.2g}; the second damping is "
-              f"alpha = {h['second_alpha']:.3g}.",
-              "- timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in h["timings_s"].items())
-              + "; pruning paths: " + ", ".join(f"{k} {v:.1f}" for k, v in res["methods_seconds"].items()) + "."]
+    lines += [
+        "",
+        "## The Hessian",
+        "",
+        f"- loss {h['loss']:.4f}, gradient norm {h['grad_norm']:.3g} (the trained point is not an exact "
+        f"minimum: weight decay and SGD noise), eigenvalues {h['eig_min']:.3g} .. {h['eig_max']:.3g}, "
+        f"{h['n_negative_eigs']} negative; Gauss-Newton eigenvalues {h['gn_eig_min']:.3g} .. "
+        f"{h['gn_eig_max']:.3g}.",
+        f"- OBS (exact) inverts H + {ei['lambda']:.3g} I (shifted to positive definite: relative damping "
+        f"plus -lambda_min), condition {ei['condition']:.3g}. {h['zero_curvature_weights']} weights have "
+        "exactly zero curvature (inputs that are 0 on every Hessian sample).",
+        f"- exact diagonal vs Gauss-Newton diagonal: max relative difference "
+        f"{h['exact_diag_equals_gn_diag_max_rel']:.2g} (a ReLU net is linear in each single weight).",
+        f"- OBD recursion vs exact diagonal over the weights: Pearson "
+        f"{fmt_r(h['obd_recursion_vs_exact_diag']['pearson'])}, Spearman "
+        f"{fmt_r(h['obd_recursion_vs_exact_diag']['spearman'])}, median ratio "
+        f"{h['obd_recursion_over_exact_median']:.3f}.",
+        f"- recursive outer-product inverse (alpha = {h['woodbury_alpha']:.3g}) vs direct inverse of "
+        f"G + alpha I: max relative difference {h['woodbury_vs_direct_max_rel']:.2g}; the second damping is "
+        f"alpha = {h['second_alpha']:.3g}.",
+        "- timings (s): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in h["timings_s"].items())
+        + "; pruning paths: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in res["methods_seconds"].items())
+        + ".",
+    ]
     if "lenet300" in res:
         L = res["lenet300"]
-        lines += ["", "## Layer-wise OBS on LeNet-300-100", "",
-                  f"Dense test error {fmt_pct(L['dense_test_error'])} % (10,000 iterations). Layer input Hessians "
-                  f"2 X X^T from {L['samples']} training images, damping 1 %; every layer keeps the same fraction. "
-                  f"Layer-wise OBS for all levels: {L['seconds_total']:.1f} s ("
-                  + ", ".join(f"{n} {v['seconds']:.1f} s" for n, v in L["layers"].items())
-                  + f"), peak traced memory {L['peak_traced_mb']:.0f} MB.", "",
-                  "| kept % | magnitude (per layer) | OBS (layer-wise) |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Layer-wise OBS on LeNet-300-100",
+            "",
+            f"Dense test error {fmt_pct(L['dense_test_error'])} % (10,000 iterations). Layer input Hessians "
+            f"2 X X^T from {L['samples']} training images, damping 1 %; every layer keeps the same fraction "
+            f"(allocation inside a layer: {L['allocation']}). "
+            f"Layer-wise OBS for all levels: {L['seconds_total']:.1f} s ("
+            + ", ".join(f"{n} {v['seconds']:.1f} s" for n, v in L["layers"].items())
+            + f"), peak traced memory {L['peak_traced_mb']:.0f} MB.",
+            "",
+            "| kept % | magnitude (per layer) | OBS (layer-wise) |",
+            "|---|---|---|",
+        ]
         for r in L["test_error"]:
-            lines.append(f"| {100 * r['kept']:g} | {fmt_pct(r['magnitude (per layer)'])} | "
-                         f"{fmt_pct(r['OBS (layer-wise)'])} |")
+            lines.append(
+                f"| {100 * r['kept']:g} | {fmt_pct(r['magnitude (per layer)'])} | "
+                f"{fmt_pct(r['OBS (layer-wise)'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -442,18 +533,32 @@ def atomic_write(path: Path, text: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2,000 training iterations, 1,000 Hessian samples, "
-                    "no LeNet-300-100 part")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="2,000 training iterations, 1,000 Hessian samples, no LeNet-300-100 part",
+    )
     ap.add_argument("--json", help="also write the raw figures here")
     ap.add_argument("--data-dir", help="folder holding mnist/ (default $REFDNS_DATA or ../shared/data)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hessian-samples", type=int, default=5000)
-    ap.add_argument("--damping", type=float, default=1e-2,
-                    help="relative damping of the OBS inverses (times the mean exact Hessian diagonal)")
+    ap.add_argument(
+        "--damping",
+        type=float,
+        default=1e-2,
+        help="relative damping of the OBS inverses (times the mean exact Hessian diagonal)",
+    )
     ap.add_argument("--damping2", type=float, default=1e-4, help="a second damping for the outer-product OBS")
     ap.add_argument("--blas-threads", type=int, default=1)
     ap.add_argument("--no-lenet300", action="store_true", help="skip layer-wise OBS on LeNet-300-100")
     ap.add_argument("--lenet-samples", type=int, default=2000)
+    ap.add_argument(
+        "--lenet-allocation",
+        choices=["global", "row"],
+        default="row",
+        help="layer-wise OBS on LeNet-300-100: OBC's global per-layer selection (two passes) or the "
+        "same fraction in every row (one pass)",
+    )
     ap.add_argument("--out-dir", default=str(RESULTS))
     args = ap.parse_args(argv)
     with threadpool_limits(args.blas_threads):

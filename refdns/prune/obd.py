@@ -53,8 +53,15 @@ class OBDConfig:
         check_number("at_iteration", self.at_iteration, lo=0, integer=True)
 
 
-def hessian_diagonal(spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, *,
-                     diagonal: str = "recursion", loss: str = "softmax_ce") -> dict[str, np.ndarray]:
+def hessian_diagonal(
+    spec: NetSpec,
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    diagonal: str = "recursion",
+    loss: str = "softmax_ce",
+) -> dict[str, np.ndarray]:
     """``h_diag`` keyed like ``params`` (float64), by LeCun's recursion or from the exact Hessian."""
     if diagonal == "recursion":
         return obd_diagonal(spec, params, x, y, loss=loss)
@@ -70,8 +77,9 @@ def saliency(params: dict[str, np.ndarray], h_diag: dict[str, np.ndarray]) -> di
     return {k: 0.5 * h_diag[k] * np.asarray(params[k], dtype=np.float64) ** 2 for k in params}  # OBD: s_k
 
 
-def lowest_score_masks(scores: dict[str, np.ndarray], masks: dict[str, np.ndarray], keys: list[str],
-                       kept_fraction: float) -> dict[str, np.ndarray]:
+def lowest_score_masks(
+    scores: dict[str, np.ndarray], masks: dict[str, np.ndarray], keys: list[str], kept_fraction: float
+) -> dict[str, np.ndarray]:
     """New masks keeping ``kept_fraction`` of the entries of ``keys`` with the highest scores, globally.
 
     Already-masked entries stay masked (masks only shrink) and count as removed first; ties are broken by
@@ -126,9 +134,16 @@ class OBD(PruningMethod):
         records = []
         for op in self.spec.layers:
             key = op.name + ".weight"
-            records.append({"iteration": int(iteration), "layer": op.name,
-                            "pruned": int(np.count_nonzero(masks[key] & ~new[key])), "spliced": 0,
-                            "kept": int(new[key].sum()), "total": int(new[key].size)})
+            records.append(
+                {
+                    "iteration": int(iteration),
+                    "layer": op.name,
+                    "pruned": int(np.count_nonzero(masks[key] & ~new[key])),
+                    "spliced": 0,
+                    "kept": int(new[key].sum()),
+                    "total": int(new[key].size),
+                }
+            )
             masks[key][...] = new[key]
         # Keep the stored weights consistent with the masks (pruned weights are exactly 0).
         for k in keys:

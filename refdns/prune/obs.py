@@ -13,7 +13,8 @@ and the surgeon removes the q with the smallest L_q, one weight at a time.
 w_q = 0. That is the same quadratic problem over the remaining coordinates R, whose inverse Hessian is the
 Schur complement (the standard rank-1 downdate, which is what refdns does after every removal)::
 
-    (H_RR)^-1 = [H^-1]_RR - [H^-1]_Rq [H^-1]_qR / [H^-1]_qq         i.e.  H^-1 <- H^-1 - H^-1 e_q e_q^T H^-1 / [H^-1]_qq
+    (H_RR)^-1 = [H^-1]_RR - [H^-1]_Rq [H^-1]_qR / [H^-1]_qq
+    i.e.  H^-1 <- H^-1 - H^-1 e_q e_q^T H^-1 / [H^-1]_qq
 
 Row and column q of the downdated matrix are zero (set exactly), so no later update touches w_q again;
 removing the weights one after another this way gives exactly the constrained minimiser at every step.
@@ -29,7 +30,8 @@ Where H^-1 comes from (``OBSConfig.hessian``):
 * ``"gauss-newton"`` - the outer-product (Gauss-Newton) matrix, positive semi-definite, inverted directly.
 * ``"woodbury"`` - Hassibi & Stork's recursive outer-product inverse over the P training samples::
 
-      # OBS: H_{m+1}^-1 = H_m^-1 - H_m^-1 X_{m+1} X_{m+1}^T H_m^-1 / (P + X_{m+1}^T H_m^-1 X_{m+1}),  H_0^-1 = alpha^-1 I
+      # OBS: H_{m+1}^-1 = H_m^-1 - H_m^-1 X_{m+1} X_{m+1}^T H_m^-1 / (P + X_{m+1}^T H_m^-1 X_{m+1})
+      #      H_0^-1 = alpha^-1 I
 
   which ends at ``(alpha I + (1/P) sum_m X_m X_m^T)^-1``; with softmax outputs each sample contributes one X
   per class (:func:`refdns.hessian.output_factors`).
@@ -113,8 +115,9 @@ def damped_inverse(
         raise ValueError(f"H.shape={H.shape}: expected a square matrix")
     check_number("damping", damping, lo=0.0)
     if not np.all(np.isfinite(H)):
-        raise SingularHessianError(f"the Hessian{_where(layer)} holds NaN or Inf; check the loss and the data",
-                                   layer=layer)
+        raise SingularHessianError(
+            f"the Hessian{_where(layer)} holds NaN or Inf; check the loss and the data", layer=layer
+        )
     Hs = 0.5 * (H + H.T)
     scale = float(np.mean(np.abs(np.diag(Hs)))) or 1.0
     lam = damping * scale
@@ -125,11 +128,13 @@ def damped_inverse(
     lo, hi = eig_min + lam, eig_max + lam
     if lo <= 0 or hi / lo > max_condition:
         need = max(0.0, -eig_min) + hi / max_condition
+        what = "not positive definite" if lo <= 0 else "ill-conditioned"
+        cond = "inf" if lo <= 0 else f"{hi / lo:.3g}"
+        alt = "" if eig_min > 0 else " or set shift_indefinite=True"
         raise SingularHessianError(
-            f"the Hessian{_where(layer)} is {'not positive definite' if lo <= 0 else 'ill-conditioned'} after "
-            f"damping {lam:.3g} (eigenvalues {eig_min:.3g} .. {eig_max:.3g}, condition "
-            f"{'inf' if lo <= 0 else f'{hi / lo:.3g}'} > {max_condition:.3g}); raise the relative damping to at "
-            f"least {need / scale:.3g}{'' if eig_min > 0 else ' or set shift_indefinite=True'}",
+            f"the Hessian{_where(layer)} is {what} after damping {lam:.3g} (eigenvalues {eig_min:.3g} .. "
+            f"{eig_max:.3g}, condition {cond} > {max_condition:.3g}); raise the relative damping to at least "
+            f"{need / scale:.3g}{alt}",
             layer=layer,
         )
     h_inv = (evecs / (evals + lam)) @ evecs.T
@@ -218,7 +223,8 @@ def _remove(w: np.ndarray, h_inv: np.ndarray, q: int) -> None:
     if not d > 0 or not np.isfinite(d):
         raise SingularHessianError(
             f"[H^-1]_qq = {d} for q={q}: the inverse Hessian lost positive definiteness along the path; "
-            "raise the damping")
+            "raise the damping"
+        )
     col = h_inv[:, q].copy()
     w -= (w[q] / d) * col  # OBS: dw = -(w_q / [H^-1]_qq) H^-1 e_q
     w[q] = 0.0
@@ -236,8 +242,9 @@ def obs_remove(w: np.ndarray, h_inv: np.ndarray, q: int) -> tuple[np.ndarray, np
     return w, h_inv, L_q
 
 
-def obs_path(w: np.ndarray, h_inv: np.ndarray, candidates: np.ndarray, n_remove: int
-             ) -> Iterator[tuple[int, float, np.ndarray]]:
+def obs_path(
+    w: np.ndarray, h_inv: np.ndarray, candidates: np.ndarray, n_remove: int
+) -> Iterator[tuple[int, float, np.ndarray]]:
     """Remove ``n_remove`` candidates one at a time, cheapest first.
 
     Yields ``(q, L_q, w)`` after each removal; ``w`` is the working vector (copy it to keep it). The inputs
@@ -270,13 +277,17 @@ def layer_inputs(spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray) ->
         if isinstance(c, DenseCache):
             out[op.name] = c.x
         elif isinstance(c, Conv2dCache):
-            out[op.name] = (c.cols.transpose(0, 2, 1).reshape(-1, c.cols.shape[1]) if c.layout == "batch_first"
-                            else c.cols.T)
+            out[op.name] = (
+                c.cols.transpose(0, 2, 1).reshape(-1, c.cols.shape[1])
+                if c.layout == "batch_first"
+                else c.cols.T
+            )
     return out
 
 
-def _row_path(w_row: np.ndarray, h_inv: np.ndarray, steps: int, snap_at: list[int], layer: str | None
-              ) -> tuple[np.ndarray, list[np.ndarray]]:
+def _row_path(
+    w_row: np.ndarray, h_inv: np.ndarray, steps: int, snap_at: list[int], layer: str | None
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """One row's OBS path of ``steps`` removals: its incremental costs (D,) (inf past the path) and the
     row after ``k`` removals for every ``k`` in ``snap_at``."""
     D = len(w_row)
@@ -294,8 +305,9 @@ def _row_path(w_row: np.ndarray, h_inv: np.ndarray, steps: int, snap_at: list[in
         q = int(np.argmin(L))
         dq = float(d[q])
         if not dq > 0:
-            raise SingularHessianError(f"[H^-1]_qq = {dq} in layer-wise OBS{_where(layer)}; raise the damping",
-                                       layer=layer)
+            raise SingularHessianError(
+                f"[H^-1]_qq = {dq} in layer-wise OBS{_where(layer)}; raise the damping", layer=layer
+            )
         costs[t] = L[q]
         col = hi[:, q].copy()
         w -= (w[q] / dq) * col  # OBS: dw = -(w_q / [H^-1]_qq) H^-1 e_q
@@ -416,8 +428,9 @@ class OBSConfig:
             raise ConfigError(f"loss={self.loss!r} must be one of {LOSSES}")
 
 
-def global_inverse(spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-                   cfg: OBSConfig) -> tuple[np.ndarray, dict[str, Any]]:
+def global_inverse(
+    spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, cfg: OBSConfig
+) -> tuple[np.ndarray, dict[str, Any]]:
     """H^-1 over all parameters for the ``exact``, ``gauss-newton`` or ``woodbury`` configs."""
     if cfg.hessian == "woodbury":
         X = output_factors(spec, params, x, y, loss=cfg.loss)
@@ -428,8 +441,14 @@ def global_inverse(spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, 
     return damped_inverse(H, damping=cfg.damping, shift_indefinite=cfg.shift_indefinite)
 
 
-def obs_prune(spec: NetSpec, params: dict[str, np.ndarray], masks: dict[str, np.ndarray], x: np.ndarray,
-              y: np.ndarray, cfg: OBSConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+def obs_prune(
+    spec: NetSpec,
+    params: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: OBSConfig,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
     """Prune to ``cfg.kept_fraction`` of the weights; returns (new params float64, new masks, info).
 
     Masks only shrink: already-pruned weights stay at 0 and out of the candidates.
@@ -447,7 +466,9 @@ def obs_prune(spec: NetSpec, params: dict[str, np.ndarray], masks: dict[str, np.
             kept_now = int(masks[key].sum())
             f = min(cfg.kept_fraction, kept_now / masks[key].size)
             # Already-pruned weights are the row path's first (free) removals: they are zero, so cost 0.
-            pruned = layerwise_obs(w_eff[key], X[op.name], [f], damping=max(cfg.damping, 1e-12), layer=op.name)[f]
+            pruned = layerwise_obs(
+                w_eff[key], X[op.name], [f], damping=max(cfg.damping, 1e-12), layer=op.name
+            )[f]
             new[key] = pruned
             new_masks[key] &= pruned != 0
         return new, new_masks, {"hessian": "layerwise"}
@@ -463,10 +484,11 @@ def obs_prune(spec: NetSpec, params: dict[str, np.ndarray], masks: dict[str, np.
         if any(sl[k].start <= q < sl[k].stop for k in weight_keys):
             _remove(w, h_inv, int(q))
     n_remove = int(cand.sum()) - target
-    removed = []
+    removed, w_end = [], w
     for q, _, w_path in obs_path(w, h_inv, cand, max(n_remove, 0)):
         removed.append(q)
-    new = vector_to_params(spec, w_path if removed else w)
+        w_end = w_path
+    new = vector_to_params(spec, w_end)
     flat_masks = np.concatenate([new_masks[k].ravel() for k in spec.param_shapes()])
     flat_masks[removed] = False
     for k, s in sl.items():
@@ -505,9 +527,16 @@ class OBS(PruningMethod):
         records = []
         for op in self.spec.layers:
             key = op.name + ".weight"
-            records.append({"iteration": int(iteration), "layer": op.name,
-                            "pruned": int(np.count_nonzero(masks[key] & ~new_masks[key])), "spliced": 0,
-                            "kept": int(new_masks[key].sum()), "total": int(new_masks[key].size)})
+            records.append(
+                {
+                    "iteration": int(iteration),
+                    "layer": op.name,
+                    "pruned": int(np.count_nonzero(masks[key] & ~new_masks[key])),
+                    "spliced": 0,
+                    "kept": int(new_masks[key].sum()),
+                    "total": int(new_masks[key].size),
+                }
+            )
         for k in params:
             params[k][...] = new[k] * new_masks[k]
             masks[k][...] = new_masks[k]

@@ -10,8 +10,17 @@ from refdns.optim import SGDConfig
 from refdns.prune.obd import OBD, OBDConfig, hessian_diagonal, lowest_score_masks, saliency
 from refdns.train import TrainConfig, new_run, train_step
 
-TINY = NetSpec("tiny", (1, 3, 3), 3, (Op("flatten"), Op("dense", "fc1", w_shape=(5, 9), b_shape=(5,)), Op("relu"),
-                                      Op("dense", "fc2", w_shape=(3, 5), b_shape=(3,))))
+TINY = NetSpec(
+    "tiny",
+    (1, 3, 3),
+    3,
+    (
+        Op("flatten"),
+        Op("dense", "fc1", w_shape=(5, 9), b_shape=(5,)),
+        Op("relu"),
+        Op("dense", "fc2", w_shape=(3, 5), b_shape=(3,)),
+    ),
+)
 KEYS = ["fc1.weight", "fc2.weight"]
 
 

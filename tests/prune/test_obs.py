@@ -23,8 +23,17 @@ from refdns.prune.obs import (
 )
 from refdns.train import TrainConfig, new_run, train_step
 
-TINY = NetSpec("tiny", (1, 3, 3), 3, (Op("flatten"), Op("dense", "fc1", w_shape=(5, 9), b_shape=(5,)), Op("relu"),
-                                      Op("dense", "fc2", w_shape=(3, 5), b_shape=(3,))))
+TINY = NetSpec(
+    "tiny",
+    (1, 3, 3),
+    3,
+    (
+        Op("flatten"),
+        Op("dense", "fc1", w_shape=(5, 9), b_shape=(5,)),
+        Op("relu"),
+        Op("dense", "fc2", w_shape=(3, 5), b_shape=(3,)),
+    ),
+)
 
 
 def _spd(rng, n, cond=50.0):
@@ -72,8 +81,9 @@ def test_obs_path_keeps_removed_weights_at_zero_and_each_step_costs_L_q(seed, n)
         # constrained minimiser over the free coordinates, solved directly
         free = np.setdiff1d(np.arange(n), removed)
         u = np.zeros(n)
-        u[free] = np.linalg.solve(H[np.ix_(free, free)], H[np.ix_(free, free)] @ w0[free]
-                                  + H[np.ix_(free, removed)] @ w0[removed])
+        u[free] = np.linalg.solve(
+            H[np.ix_(free, free)], H[np.ix_(free, free)] @ w0[free] + H[np.ix_(free, removed)] @ w0[removed]
+        )
         np.testing.assert_allclose(w, u, rtol=1e-8, atol=1e-10)
         assert L(w) - prev == pytest.approx(L_q, rel=1e-7, abs=1e-11)
         prev = L(w)
@@ -85,8 +95,12 @@ def test_recursive_inverse_equals_the_direct_inverse(rng, block):
     X = rng.standard_normal((20, 6))
     alpha, P = 1e-3, 10
     direct = np.linalg.inv(alpha * np.eye(6) + X.T @ X / P)
-    np.testing.assert_allclose(woodbury_inverse(X, alpha=alpha, n_samples=P, block=block), direct,
-                               rtol=1e-9, atol=1e-9 * np.abs(direct).max())
+    np.testing.assert_allclose(
+        woodbury_inverse(X, alpha=alpha, n_samples=P, block=block),
+        direct,
+        rtol=1e-9,
+        atol=1e-9 * np.abs(direct).max(),
+    )
 
 
 def test_recursive_inverse_of_a_net_is_the_damped_gauss_newton_inverse(rng):
@@ -157,16 +171,25 @@ def test_layerwise_obs_hits_the_density_and_beats_magnitude(rng, allocation):
             wl, pl = W[r, live], Wp[r, live]
             z, free = pl == 0, pl != 0
             u = np.zeros(D - 1)
-            u[free] = np.linalg.solve(Hd[np.ix_(free, free)], Hd[np.ix_(free, free)] @ wl[free]
-                                      + Hd[np.ix_(free, z)] @ wl[z])
+            u[free] = np.linalg.solve(
+                Hd[np.ix_(free, free)], Hd[np.ix_(free, free)] @ wl[free] + Hd[np.ix_(free, z)] @ wl[z]
+            )
             np.testing.assert_allclose(pl, u, rtol=1e-6, atol=1e-8)
     with pytest.raises(ConfigError, match="allocation"):
         layerwise_obs(W, X, [0.5], allocation="column")
 
 
 def test_layer_inputs_of_dense_and_conv_layers(rng):
-    spec = NetSpec("c", (1, 5, 5), 2, (Op("conv", "c1", w_shape=(2, 1, 3, 3), b_shape=(2,)), Op("flatten"),
-                                       Op("dense", "fc", w_shape=(2, 18), b_shape=(2,))))
+    spec = NetSpec(
+        "c",
+        (1, 5, 5),
+        2,
+        (
+            Op("conv", "c1", w_shape=(2, 1, 3, 3), b_shape=(2,)),
+            Op("flatten"),
+            Op("dense", "fc", w_shape=(2, 18), b_shape=(2,)),
+        ),
+    )
     p = init_params(spec, rng=rng, dtype=np.float64)
     x = rng.standard_normal((4, 1, 5, 5))
     X = layer_inputs(spec, p, x)
@@ -187,11 +210,22 @@ def _tiny_run(rng):
 @pytest.mark.parametrize("hessian", ["exact", "gauss-newton", "woodbury", "layerwise"])
 def test_obs_method_prunes_once_masks_only_shrink_and_pruned_weights_stay_zero(rng, hessian):
     x, y, cfg, state = _tiny_run(rng)
-    method = OBS(OBSConfig(kept_fraction=0.4, hessian=hessian, damping=1e-2, shift_indefinite=True,
-                           alpha=1e-2, block=3, at_iteration=1), x[:32], y[:32])
+    method = OBS(
+        OBSConfig(
+            kept_fraction=0.4,
+            hessian=hessian,
+            damping=1e-2,
+            shift_indefinite=True,
+            alpha=1e-2,
+            block=3,
+            at_iteration=1,
+        ),
+        x[:32],
+        y[:32],
+    )
     state.method_state = method.init_state(TINY, state.params)
     history = []
-    for it in range(4):
+    for _ in range(4):
         idx = state.data.next_indices()
         train_step(state, x[idx], y[idx], cfg, method)  # SGD with momentum 0.9 after the surgery
         history.append({k: m.copy() for k, m in state.masks.items()})

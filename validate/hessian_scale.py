@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir")
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--max-invert", type=int, default=6500)
+    ap.add_argument("--max-invert", type=int, default=3500)
     ap.add_argument("--blas-threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

@@ -189,8 +189,8 @@ def render(res: dict, json_path: str | None) -> int:
         f"inverse) up to n = {n_mem}; extrapolated from the measured constants, building that Hessian would "
         f"take {limits['build_s_at_n_max'] / 3600:.1f} h and its inverse "
         f"{limits['inverse_s_at_n_max'] / 3600:.1f} h. "
-        f"Within one hour each: build up to n = {limits['n_max_build_in_1h']}, invert up to "
-        f"n = {limits['n_max_inverse_in_1h']}. LeNet-300-100 (n = 266,610) would need "
+        f"Within one hour each (memory permitting): build up to n = {limits['n_max_build_in_1h']}, "
+        f"invert up to n = {limits['n_max_inverse_in_1h']}. LeNet-300-100 (n = 266,610) would need "
         f"{hessian_nbytes(266_610) / 2**30:.0f} GB per matrix: out of reach, hence layer-wise OBS.",
     ]
     md = "\n".join(lines) + "\n"

@@ -66,7 +66,8 @@ def _add_run_args(p: argparse.ArgumentParser, *, iterations: int) -> None:
                    help="training iterations" + ("" if iterations else " (default: the paper's count for the net)"))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base-lr", type=float, default=0.01)
+    p.add_argument("--base-lr", type=float, default=None,
+                   help="solver base lr (default 0.01, Caffe's; for surgery, the recipe's)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--lr-policy", default="inv", choices=["inv", "fixed", "step"])
@@ -84,15 +85,24 @@ def _load_data(args):
     return x_train, y_train, x_test, y_test
 
 
-def _train_config(args, *, iterations: int | None = None):
+def _train_config(args, *, iterations: int | None = None, base_lr: float | None = None, dense: bool = False):
+    """The solver settings of a command: flags first, then the recipe's, then Caffe's (lr 0.01).
+
+    ``dense=True`` is reproduce's dense phase, which always follows Caffe's recipe (the lr flag is the
+    surgery's).
+    """
     from refdns.optim import SGDConfig
     from refdns.train import TrainConfig
 
+    if dense:
+        lr = 0.01
+    else:
+        lr = args.base_lr if args.base_lr is not None else (base_lr if base_lr is not None else 0.01)
     return TrainConfig(
         iterations=args.iterations if iterations is None else iterations,
         batch_size=args.batch_size,
         test_interval=args.test_interval,
-        sgd=SGDConfig(base_lr=args.base_lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        sgd=SGDConfig(base_lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       lr_policy=args.lr_policy),
     )
 
@@ -162,15 +172,24 @@ def _per_layer(text: str | None, layers, name: str, cast) -> dict[str, Any]:
 def _dns_config(args, spec):
     import dataclasses
 
-    from refdns.pipeline import dns_recipe
+    from refdns.pipeline import surgery_recipe
 
-    cfg = dns_recipe(spec.name, recipe=args.recipe)
+    cfg = surgery_recipe(spec.name, recipe=args.recipe).dns
     layers = dict(cfg.layers)
     for field, cast in (("c_rate", float), ("gamma", float), ("power", float), ("iter_stop", int)):
         for layer, value in _per_layer(getattr(args, field), spec.layer_names, field.replace("_", "-"), cast).items():
             layers[layer] = dataclasses.replace(layers[layer], **{field: value})
     return dataclasses.replace(cfg, layers=layers, reading=args.reading, update_every=args.update_every,
                                sensitivity_multiplier=args.sensitivity_multiplier)
+
+
+def _surgery_train_config(args, spec):
+    """Solver settings of a surgery run: the recipe's lr and length unless --base-lr / --iterations say."""
+    from refdns.pipeline import surgery_recipe
+
+    rec = surgery_recipe(spec.name, recipe=args.recipe)
+    iterations = rec.iterations if args.iterations is None else args.iterations
+    return _train_config(args, iterations=iterations, base_lr=rec.base_lr)
 
 
 def _print_surgery_report(summary, churn, seconds, out) -> None:
@@ -193,7 +212,7 @@ def _surgery(args, spec, data, dense_params, dense_masks, dense_error, out_path)
     from refdns.pipeline import churn_by_interval, pruning_summary, run_config, run_training
     from refdns.prune.dns import DNS
 
-    cfg = _train_config(args)
+    cfg = _surgery_train_config(args, spec)
     method = DNS(_dns_config(args, spec))
     print(f"refdns {__version__}: surgery on {spec.name} for {cfg.iterations} iterations, seed {args.seed}",
           file=sys.stderr)
@@ -229,16 +248,12 @@ def cmd_dns(args) -> int:
     from refdns.train import evaluate
 
     spec = get_spec(args.net)
-    if args.iterations is None:
-        from refdns.pipeline import PAPER_SURGERY_ITERATIONS
-
-        args.iterations = PAPER_SURGERY_ITERATIONS[spec.name]
     ck = checkpoint.load(args.from_)
     if ck.state.spec.name != spec.name:
         from refdns.errors import ConfigError
 
         raise ConfigError(f"--from {args.from_} holds a {ck.state.spec.name}, not a {spec.name}")
-    _train_config(args)  # refuse nonsense settings before loading data
+    _surgery_train_config(args, spec)  # refuse nonsense settings before loading data
     _dns_config(args, spec)
     data = _data(args)
     dense_error = evaluate(ck.state, data.x_test, data.y_test)
@@ -252,13 +267,11 @@ def cmd_dns(args) -> int:
 def cmd_reproduce(args) -> int:
     from refdns import checkpoint
     from refdns.nets import get_spec
-    from refdns.pipeline import PAPER_SURGERY_ITERATIONS, run_config, run_training
+    from refdns.pipeline import run_config, run_training
 
     spec = get_spec(args.net)
-    if args.iterations is None:
-        args.iterations = PAPER_SURGERY_ITERATIONS[spec.name]
-    dense_cfg = _train_config(args, iterations=args.dense_iterations)
-    _train_config(args)
+    dense_cfg = _train_config(args, iterations=args.dense_iterations, dense=True)
+    _surgery_train_config(args, spec)
     _dns_config(args, spec)
     data = _data(args)
     out_dir = Path(args.out_dir)

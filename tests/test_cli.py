@@ -46,3 +46,37 @@ def test_missing_data_says_where_it_looked(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2
     assert "nowhere" in r.stderr
+
+
+def test_reproduce_runs_dense_then_surgery_and_reports_the_paper_table(tmp_path):
+    js = tmp_path / "r.json"
+    r = run_cli("reproduce", "--net", "lenet-300-100", "--dense-iterations", "150", "--iterations", "150",
+                "--test-interval", "0", "--out-dir", str(tmp_path), "--json", str(js), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "| ip1 |" in r.stdout and "compression" in r.stdout and "mask churn" in r.stdout
+    fig = json.loads(js.read_text())
+    for key in ("test_error", "dense_test_error", "kept_fraction", "seconds", "layers", "churn", "thresholds"):
+        assert key in fig
+    assert 0 < fig["kept_fraction"] < 1 and fig["config"]["train"]["sgd"]["base_lr"] == 0.02  # the recipe's lr
+    assert sum(v["kept"] for v in fig["layers"].values()) == fig["kept"]
+    ck = checkpoint.load(tmp_path / "lenet-300-100-dns.h5")
+    assert ck.method == "dns" and "ip1.a" in ck.state.method_state
+
+    # dns from the dense checkpoint the pipeline left, with the authors' settings and one layer overridden
+    js2 = tmp_path / "d.json"
+    r = run_cli("dns", "--net", "lenet-300-100", "--from", str(tmp_path / "lenet-300-100-dense.h5"),
+                "--recipe", "authors", "--c-rate", "ip3=1.5", "--iterations", "50", "--test-interval", "0",
+                "--out", str(tmp_path / "d.h5"), "--json", str(js2), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    fig = json.loads(js2.read_text())
+    assert fig["config"]["method"]["layers"]["ip3"]["c_rate"] == 1.5
+    assert fig["config"]["method"]["layers"]["ip1"]["c_rate"] == 3.0
+    assert fig["config"]["train"]["sgd"]["base_lr"] == 0.01
+
+
+def test_dns_refuses_a_checkpoint_of_another_net(tmp_path):
+    out = tmp_path / "m.h5"
+    assert run_cli("train", "--net", "lenet-300-100", "--iterations", "2", "--test-interval", "0",
+                   "--out", str(out), "--no-progress").returncode == 0
+    r = run_cli("dns", "--net", "lenet-5", "--from", str(out), "--no-progress")
+    assert r.returncode == 2 and "holds a lenet-300-100" in r.stderr

@@ -1,0 +1,85 @@
+"""Reproduce the DNS paper's Table 1 on MNIST: dense Caffe training, then surgery, for both LeNets.
+
+    python validate/reproduce_dns.py [--quick] [--net lenet-300-100] [--recipe refdns|authors] [--json FILE]
+
+Runs ``refdns reproduce`` for each net in this process and writes validate/results/reproduce_dns.md (the
+paper-form tables, targets, wall times) and, with --json, the raw figures. --quick shortens both phases to
+a smoke run (its numbers are not the paper's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# The paper's Table 1 (Guo et al. 2016) and this project's targets for it.
+TARGETS = {
+    "lenet-300-100": {"kept": 0.020, "error": 0.021, "seconds": 180, "paper": "1.8% kept, 2.28% -> 1.99%"},
+    "lenet-5": {"kept": 0.010, "error": 0.010, "seconds": 900, "paper": "0.9% kept, 0.91% -> 0.91%"},
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--net", action="append", choices=sorted(TARGETS))
+    ap.add_argument("--recipe", default="refdns", choices=["refdns", "authors"])
+    ap.add_argument("--data-dir", default=os.environ.get("REFDNS_DATA"))
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args()
+    from refdns.cli import main as cli
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for net in args.net or list(TARGETS):
+            js = Path(tmp) / f"{net}.json"
+            argv = ["reproduce", "--net", net, "--recipe", args.recipe, "--out-dir", tmp, "--json", str(js),
+                    "--no-progress", "--test-interval", "0"]
+            if args.data_dir:
+                argv += ["--data-dir", args.data_dir]
+            if args.quick:
+                argv += ["--dense-iterations", "500", "--iterations", "500"]
+            rc = cli(argv)
+            if rc != 0:
+                return rc
+            results[net] = json.loads(js.read_text())
+    lines = [f"# DNS reproduction ({'quick smoke run' if args.quick else 'full'}; recipe {args.recipe})", ""]
+    for net, r in results.items():
+        t = TARGETS[net]
+        lines += [f"## {net}", "", "| layer | params | kept | kept % |", "|---|---:|---:|---:|"]
+        for name, lr in r["layers"].items():
+            lines.append(f"| {name} | {lr['params']:,} | {lr['kept']:,} | {100 * lr['kept_fraction']:.2f}% |")
+        lines.append(f"| total | {r['params']:,} | {r['kept']:,} | {100 * r['kept_fraction']:.2f}% |")
+        ok_k = r["kept_fraction"] <= t["kept"]
+        ok_e = r["test_error"] <= t["error"]
+        ok_s = r["seconds"] < t["seconds"]
+        lines += [
+            "",
+            f"- compression {r['compression']:.1f}x; test error {100 * r['dense_test_error']:.2f}% (dense) -> "
+            f"{100 * r['test_error']:.2f}% (pruned); paper: {t['paper']}",
+            f"- kept {100 * r['kept_fraction']:.2f}% vs target <= {100 * t['kept']:.1f}%: {'met' if ok_k else 'MISSED'}; "
+            f"error {100 * r['test_error']:.2f}% vs <= {100 * t['error']:.1f}%: {'met' if ok_e else 'MISSED'}",
+            f"- wall time {r['seconds']:.0f} s (dense {r['dense_seconds']:.0f} s + surgery {r['surgery_seconds']:.0f} s) "
+            f"vs target < {t['seconds']} s: {'met' if ok_s else 'MISSED'}",
+            f"- surgery: {r['iterations']} iterations, base lr {r['config']['train']['sgd']['base_lr']}, layers "
+            + "; ".join(f"{k} c_rate {v['c_rate']} gamma {v['gamma']} iter_stop {v['iter_stop']}"
+                        for k, v in r["config"]["method"]["layers"].items()),
+            "",
+        ]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    name = "reproduce_dns_quick.md" if args.quick else "reproduce_dns.md"
+    (RESULTS / name).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,6 +44,10 @@ class PruningMethod:
         """Training iterations the method's own schedule needs, or None when the caller chooses (DNS)."""
         return None
 
+    def lr_iteration(self, iteration: int) -> int:
+        """The iteration the learning-rate policy reads at ``iteration`` (Han: each retraining restarts it)."""
+        return iteration
+
     def config_dict(self) -> dict[str, Any]:
         """The method's full configuration, JSON-ready, stored in every checkpoint."""
         return {}

@@ -55,6 +55,8 @@ class HanConfig:
     ``None`` when ``densities`` (every layer's final kept fraction) is given instead. ``rounds`` prune/retrain
     rounds; ``round_iterations`` retraining iterations after each prune (the run is ``rounds *
     round_iterations`` iterations long). ``std``: "dense" or "kept" (see the module docstring).
+    ``restart_lr``: every retraining restarts the solver's learning-rate policy at its iteration 0, as a
+    fresh Caffe fine-tuning run from the pruned snapshot would (False: one policy across all rounds).
     """
 
     quality: dict[str, float] | None = None
@@ -63,6 +65,7 @@ class HanConfig:
     std: str = "dense"
     densities: dict[str, float] | None = None
     prune_biases: bool = False
+    restart_lr: bool = False
 
     def __post_init__(self):
         if (self.quality is None) == (self.densities is None):
@@ -79,8 +82,9 @@ class HanConfig:
         check_number("round_iterations", self.round_iterations, lo=0, integer=True)
         if self.std not in STD_READINGS:
             raise ConfigError(f"std={self.std!r} must be one of {STD_READINGS}")
-        if not isinstance(self.prune_biases, bool):
-            raise ConfigError(f"prune_biases={self.prune_biases!r} must be a bool")
+        for name in ("prune_biases", "restart_lr"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a bool")
 
     @property
     def layers(self) -> dict[str, float]:
@@ -188,6 +192,12 @@ class Han(PruningMethod):
 
     def schedule_iterations(self) -> int:
         return self.config.iterations
+
+    def lr_iteration(self, iteration: int) -> int:
+        cfg = self.config
+        if cfg.restart_lr and cfg.round_iterations:
+            return iteration % cfg.round_iterations
+        return iteration
 
     def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_layers(spec, self.config.layers, "Han quality" if self.config.quality is not None else "Han densities")

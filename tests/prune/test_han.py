@@ -222,3 +222,17 @@ def test_every_method_is_registered_and_has_recipes():
     state = new_run(TINY, 8, TrainConfig(iterations=1, batch_size=4), seed=0)
     prune_without_training(state, make("random", 0.5, 0.5))
     assert np.count_nonzero(state.masks["fc1.weight"]) == 27
+
+
+def test_restart_lr_makes_every_retraining_a_fresh_solver_run(rng):
+    """With restart_lr, round r's first step uses the policy's iteration-0 rate; without, the run's."""
+    x, y = tiny_batch(rng, 16)
+    cfg = TrainConfig(iterations=6, batch_size=4, sgd=SGDConfig(gamma=0.5))
+    rates = {}
+    for restart in (False, True):
+        method = Han(HanConfig(quality={"fc1": 0.5, "fc2": 0.5}, rounds=2, round_iterations=3, restart_lr=restart))
+        state = new_run(TINY, 16, cfg, seed=0)
+        state.method_state = method.init_state(TINY, state.params)
+        rates[restart] = [train_step(state, x[:4], y[:4], cfg, method)[1] for _ in range(6)]
+    assert rates[True][:3] == rates[False][:3] and rates[True][3:] == rates[True][:3]
+    assert rates[False][3] < rates[False][0]

@@ -11,8 +11,8 @@ Per net, all runs start from one dense net (Caffe recipe, 10,000 iterations, see
 * ``dns``               :func:`refdns.pipeline.dns_recipe` for the paper's surgery iterations;
 * ``han``               :meth:`refdns.prune.han.Han.recipe` (per-layer quality, prune/retrain rounds);
 * ``han@dns``           Han's rule with the thresholds solved for DNS's per-layer densities (same rounds);
-* ``magnitude@X``       one-shot per-layer magnitude at X's per-layer weight densities, retrained for as
-                        many iterations as DNS's surgery (``+0`` = no retraining);
+* ``magnitude@X``       one-shot per-layer magnitude at X's per-layer weight densities, retrained for
+                        ``--retrain`` iterations (default 10,000, a dense run's length; ``+0`` = none);
 * ``magnitude-global@X`` one global threshold at X's total weight density, retrained likewise;
 * ``random@X``          uniform random per-layer masks at X's densities, retrained likewise (and ``+0``).
 
@@ -134,10 +134,11 @@ def compare_net(net, data, args, log):
 
     targets = {"dns": weight_densities(spec, dns_state.masks), "han": weight_densities(spec, han_state.masks)}
     totals = {"dns": total_weight_density(spec, dns_state.masks), "han": total_weight_density(spec, han_state.masks)}
-    retrain = surgery
-    han_matched = Han(dataclasses.replace(han.config, quality=None, densities=targets["dns"]))
-    row, _ = run_one("han@dns", spec, data, args, dense, han_matched, han_matched.schedule_iterations(), log)
-    rows.append(row)
+    retrain = 1_500 if args.quick else args.retrain
+    if not args.skip_han_matched:
+        han_matched = Han(dataclasses.replace(han.config, quality=None, densities=targets["dns"]))
+        row, _ = run_one("han@dns", spec, data, args, dense, han_matched, han_matched.schedule_iterations(), log)
+        rows.append(row)
     for at in ("dns", "han"):
         for label, method, iters in (
             (f"magnitude@{at}+0", Magnitude(MagnitudeConfig(densities=targets[at], retrain_iterations=0)), 0),
@@ -182,13 +183,14 @@ def markdown(rows, args, seconds) -> str:
                   f"iterations; Han et al. {p['han'][0]}x at {100 * p['han'][1]:.2f}% (iterations not stated).", ""]
         by = {r["method"]: r for r in rows if r["net"] == net}
         d, h = by["dns"], by["han"]
+        han_at_dns = f"{100 * by['han@dns']['test_error']:.2f}%" if "han@dns" in by else "(not run)"
         lines.append(
             f"Claim check: DNS {1 / d['kept_fraction']:.1f}x at {100 * d['test_error']:.2f}% in "
             f"{d['iterations']:,} iterations vs Han {1 / h['kept_fraction']:.1f}x at {100 * h['test_error']:.2f}% "
             f"in {h['iterations']:,}: DNS compresses {'more' if d['kept_fraction'] < h['kept_fraction'] else 'less'}"
             f" with {'fewer' if d['iterations'] < h['iterations'] else 'more'} iterations "
             f"(ratio {d['iterations'] / h['iterations']:.2f}); at DNS's densities Han's rule gives "
-            f"{100 * by['han@dns']['test_error']:.2f}% and retrained per-layer magnitude "
+            f"{han_at_dns} and retrained per-layer magnitude "
             f"{100 * by['magnitude@dns']['test_error']:.2f}%, random {100 * by['random@dns']['test_error']:.2f}%.")
         lines.append("")
     return "\n".join(lines)
@@ -241,6 +243,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=os.environ.get("REFDNS_DATA"))
     ap.add_argument("--dense-dir", help="reuse <net>-dense.h5 from here when it matches (10K iterations, seed)")
+    ap.add_argument("--retrain", type=int, default=DENSE_ITERATIONS,
+                    help="retraining iterations of the magnitude and random baselines (default: a dense run's)")
+    ap.add_argument("--skip-han-matched", action="store_true", help="no han@dns run (Han's rule at DNS's densities)")
     ap.add_argument("--json", metavar="FILE", help="also write the rows here")
     ap.add_argument("--out", default=str(RESULTS / "compare_methods"),
                     help="path prefix of the .md/.json/.png outputs")

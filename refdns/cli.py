@@ -275,6 +275,7 @@ def _other_method(args, spec):
             if "quality" in names:
                 over["quality"] = None
     for flag, field in (("rounds", "rounds"), ("round_iterations", "round_iterations"), ("std", "std"),
+                        ("restart_lr", "restart_lr"),
                         ("scope", "scope"), ("iterations", "retrain_iterations")):
         value = getattr(args, flag)
         if value is None:
@@ -312,7 +313,7 @@ def _prune(args, spec, data, dense_params, dense_error, out_path, method):
 
 
 DNS_FLAGS = ("c_rate", "gamma", "power", "iter_stop")
-PRUNE_FLAGS = ("quality", "rounds", "round_iterations", "std", "density", "scope")
+PRUNE_FLAGS = ("quality", "rounds", "round_iterations", "std", "restart_lr", "density", "scope")
 
 
 def _refuse_foreign_flags(args) -> None:
@@ -409,6 +410,8 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rounds", type=int, help="han: prune/retrain rounds (q grows as q * r / rounds)")
     g.add_argument("--round-iterations", dest="round_iterations", type=int, help="han: retraining per round")
     g.add_argument("--std", choices=["dense", "kept"], help="han: std of the dense weights (once) or of the kept")
+    g.add_argument("--restart-lr", dest="restart_lr", action="store_true", default=None,
+                   help="han: every retraining restarts the lr policy (a fresh solver run per round)")
     g.add_argument("--density", help="fraction of weights kept (magnitude, random; han: instead of --quality)")
     g.add_argument("--scope", choices=["layer", "global"], help="magnitude: per-layer or one global threshold")
 

@@ -99,8 +99,8 @@ class HanConfig:
 # what was tried and the numbers are in validate/results/han_tuning.md.
 RECIPES: dict[str, dict[str, Any]] = {
     "lenet-300-100": {"quality": {"ip1": 1.55, "ip2": 1.5, "ip3": 1.0}, "rounds": 5, "round_iterations": 8_000},
-    "lenet-5": {"quality": {"conv1": 0.45, "conv2": 1.4, "ip1": 1.75, "ip2": 1.2}, "rounds": 4,
-                "round_iterations": 4_000},
+    "lenet-5": {"quality": {"conv1": 0.6, "conv2": 1.5, "ip1": 1.65, "ip2": 1.35}, "rounds": 3,
+                "round_iterations": 3_000},
 }
 
 

@@ -269,7 +269,8 @@ def _other_method(args, spec):
         if "densities" not in names:
             raise ConfigError(f"--density does not apply to --method {args.method}")
         if "=" not in args.density and args.scope == "global":
-            over |= {"density": _per_layer(args.density, layers, "density", float)[layers[0]], "densities": None}
+            density = _per_layer(args.density, layers, "density", float)[layers[0]]
+            over |= {"density": density, "densities": None}
         else:
             over |= {"densities": (cfg.densities or {}) | _per_layer(args.density, layers, "density", float)}
             if "quality" in names:
@@ -293,8 +294,8 @@ def _prune(args, spec, data, dense_params, dense_error, out_path, method):
     from refdns.pipeline import format_table, pruning_summary, run_config, run_training
 
     cfg = _train_config(args, iterations=method.schedule_iterations())
-    print(f"refdns {__version__}: {method.name} on {spec.name} for {cfg.iterations} iterations, seed {args.seed}",
-          file=sys.stderr)
+    print(f"refdns {__version__}: {method.name} on {spec.name} for {cfg.iterations} iterations, "
+          f"seed {args.seed}", file=sys.stderr)
     print(f"  {json.dumps(method.config_dict(), sort_keys=True)}", file=sys.stderr)
     prog = Progress(cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"{method.name} {spec.name}")
     try:
@@ -308,8 +309,10 @@ def _prune(args, spec, data, dense_params, dense_error, out_path, method):
     print(format_table(summary))
     print(f"\n{method.name} wall time {seconds:.1f} s; checkpoint {out_path}")
     return summary | {"seconds": seconds, "iterations": cfg.iterations, "checkpoint": str(out_path),
-                      "config": config, "method_state": {k: v.tolist() for k, v in state.method_state.items()},
-                      "mask_updates": state.history.mask_updates, "test_error_history": state.history.test_error}
+                      "config": config,
+                      "method_state": {k: v.tolist() for k, v in state.method_state.items()},
+                      "mask_updates": state.history.mask_updates,
+                      "test_error_history": state.history.test_error}
 
 
 DNS_FLAGS = ("c_rate", "gamma", "power", "iter_stop")
@@ -322,7 +325,8 @@ def _refuse_foreign_flags(args) -> None:
 
     foreign = DNS_FLAGS if args.method != "dns" else PRUNE_FLAGS
     given = [f"--{f.replace('_', '-')}" for f in foreign if getattr(args, f, None) is not None]
-    if args.method != "dns" and (args.reading != "caffe" or args.update_every != 1 or args.sensitivity_multiplier):
+    dns_only = args.reading != "caffe" or args.update_every != 1 or args.sensitivity_multiplier
+    if args.method != "dns" and dns_only:
         given.append("--reading/--update-every/--sensitivity-multiplier")
     if given:
         raise ConfigError(f"{', '.join(given)} do(es) not apply to --method {args.method}")
@@ -349,12 +353,14 @@ def cmd_reproduce(args) -> int:
     if dense_ck is not None and dense_ck.state.spec.name != spec.name:
         from refdns.errors import ConfigError
 
-        raise ConfigError(f"--dense-from {args.dense_from} holds a {dense_ck.state.spec.name}, not a {spec.name}")
+        raise ConfigError(f"--dense-from {args.dense_from} holds a {dense_ck.state.spec.name}, "
+                          f"not a {spec.name}")
     data = _data(args)
     out_dir = Path(args.out_dir)
     t0 = time.perf_counter()
     if dense_ck is None:
-        print(f"refdns {__version__}: dense {spec.name} for {dense_cfg.iterations} iterations", file=sys.stderr)
+        print(f"refdns {__version__}: dense {spec.name} for {dense_cfg.iterations} iterations",
+              file=sys.stderr)
         prog = Progress(dense_cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"dense {spec.name}")
         try:
             dense, dense_seconds = run_training(spec, data, dense_cfg, seed=args.seed, on_step=prog.step,
@@ -384,7 +390,8 @@ def cmd_reproduce(args) -> int:
                                         "seconds": total,
                                         "pruning_iterations": result["iterations"],
                                         "iterations": dense.iteration + result["iterations"],
-                                        "dense_iterations": dense.iteration, "dense_checkpoint": str(dense_path)})
+                                        "dense_iterations": dense.iteration,
+                                        "dense_checkpoint": str(dense_path)})
     return 0
 
 
@@ -409,11 +416,14 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quality", help="han: final per-layer quality q, prune |w| < q * std(W)")
     g.add_argument("--rounds", type=int, help="han: prune/retrain rounds (q grows as q * r / rounds)")
     g.add_argument("--round-iterations", dest="round_iterations", type=int, help="han: retraining per round")
-    g.add_argument("--std", choices=["dense", "kept"], help="han: std of the dense weights (once) or of the kept")
+    g.add_argument("--std", choices=["dense", "kept"],
+                   help="han: std of the dense weights (once) or of the kept")
     g.add_argument("--restart-lr", dest="restart_lr", action="store_true", default=None,
                    help="han: every retraining restarts the lr policy (a fresh solver run per round)")
-    g.add_argument("--density", help="fraction of weights kept (magnitude, random; han: instead of --quality)")
-    g.add_argument("--scope", choices=["layer", "global"], help="magnitude: per-layer or one global threshold")
+    g.add_argument("--density",
+                   help="fraction of weights kept (magnitude, random; han: instead of --quality)")
+    g.add_argument("--scope", choices=["layer", "global"],
+                   help="magnitude: per-layer or one global threshold")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -445,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="dns", choices=sorted(methods()),
                    help="pruning method (refdns/prune/<method>.py) with its default recipe for the net")
     p.add_argument("--dense-iterations", type=int, default=10_000)
-    p.add_argument("--dense-from", metavar="CKPT", help="start from this dense checkpoint instead of training one "
+    p.add_argument("--dense-from", metavar="CKPT",
+                   help="start from this dense checkpoint instead of training one "
                    "(its iterations still count in the JSON's `iterations`)")
     p.add_argument("--out-dir", default=".", help="where the dense and pruned checkpoints go")
     _add_run_args(p, iterations=None)

@@ -8,9 +8,28 @@ from tests.test_cli import run_cli
 
 def test_reproduce_han_end_to_end(tmp_path):
     js = tmp_path / "han.json"
-    r = run_cli("reproduce", "--net", "lenet-300-100", "--method", "han", "--dense-iterations", "40",
-                "--rounds", "2", "--round-iterations", "15", "--quality", "ip1=1.0,ip2=0.8,ip3=0.5",
-                "--test-interval", "0", "--out-dir", str(tmp_path), "--json", str(js), "--no-progress")
+    r = run_cli(
+        "reproduce",
+        "--net",
+        "lenet-300-100",
+        "--method",
+        "han",
+        "--dense-iterations",
+        "40",
+        "--rounds",
+        "2",
+        "--round-iterations",
+        "15",
+        "--quality",
+        "ip1=1.0,ip2=0.8,ip3=0.5",
+        "--test-interval",
+        "0",
+        "--out-dir",
+        str(tmp_path),
+        "--json",
+        str(js),
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     assert "| ip1 |" in r.stdout and "compression" in r.stdout
     f = json.loads(js.read_text())
@@ -29,9 +48,24 @@ def test_reproduce_magnitude_without_retraining_from_a_dense_checkpoint(tmp_path
     r = run_cli("train", "--net", "lenet-300-100", "--iterations", "30", "--out", str(dense), "--no-progress")
     assert r.returncode == 0, r.stderr
     js = tmp_path / "m.json"
-    r = run_cli("reproduce", "--net", "lenet-300-100", "--method", "magnitude", "--dense-from", str(dense),
-                "--iterations", "0", "--density", "ip1=0.1,ip2=0.2,ip3=0.5", "--out-dir", str(tmp_path),
-                "--json", str(js), "--no-progress")
+    r = run_cli(
+        "reproduce",
+        "--net",
+        "lenet-300-100",
+        "--method",
+        "magnitude",
+        "--dense-from",
+        str(dense),
+        "--iterations",
+        "0",
+        "--density",
+        "ip1=0.1,ip2=0.2,ip3=0.5",
+        "--out-dir",
+        str(tmp_path),
+        "--json",
+        str(js),
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     f = json.loads(js.read_text())
     assert f["iterations"] == 30 and f["pruning_iterations"] == 0
@@ -42,10 +76,12 @@ def test_reproduce_magnitude_without_retraining_from_a_dense_checkpoint(tmp_path
 def test_flags_of_another_method_are_refused(tmp_path, capsys):
     from refdns.cli import main
 
-    for argv, flag in ((["--method", "random", "--quality", "1.5"], "--quality"),
-                       (["--method", "han", "--iterations", "100"], "--rounds"),
-                       (["--method", "dns", "--density", "0.1"], "--density"),
-                       (["--method", "magnitude", "--density", "ip9=0.1"], "ip9")):
+    for argv, flag in (
+        (["--method", "random", "--quality", "1.5"], "--quality"),
+        (["--method", "han", "--iterations", "100"], "--rounds"),
+        (["--method", "dns", "--density", "0.1"], "--density"),
+        (["--method", "magnitude", "--density", "ip9=0.1"], "ip9"),
+    ):
         assert main(["reproduce", "--net", "lenet-300-100", "--out-dir", str(tmp_path), *argv]) == 2
         assert flag in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # refused before anything was written

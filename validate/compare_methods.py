@@ -1,8 +1,8 @@
 """DNS vs Han et al. vs one-shot magnitude vs random pruning, on the same nets, seed and dense start.
 
-Claim under test (Guo et al. 2016, Sec. 4.1): Dynamic Network Surgery compresses LeNet-300-100 and LeNet-5 more
-than Han et al.'s iterative pruning (56x / 108x against 12x) in far fewer training iterations (25K / 16K of
-surgery against Han's repeated prune/retrain). And the baselines every pruning study needs: at the *same
+Claim under test (Guo et al. 2016, Sec. 4.1): Dynamic Network Surgery compresses LeNet-300-100 and LeNet-5
+more than Han et al.'s iterative pruning (56x / 108x against 12x) in far fewer training iterations
+(25K / 16K of surgery against Han's repeated prune/retrain). And the baselines every pruning study needs: at the *same
 per-layer densities* as DNS's final net (and as Han's), is one-shot magnitude pruning (per layer or one
 global threshold, with and without retraining) or a random mask (per layer, retrained) as good?
 
@@ -65,8 +65,10 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def weight_densities(spec, masks) -> dict[str, float]:
-    return {name: float(np.count_nonzero(masks[f"{name}.weight"]) / masks[f"{name}.weight"].size)
-            for name in spec.layer_names}
+    return {
+        name: float(np.count_nonzero(masks[f"{name}.weight"]) / masks[f"{name}.weight"].size)
+        for name in spec.layer_names
+    }
 
 
 def total_weight_density(spec, masks) -> float:
@@ -96,14 +98,21 @@ def run_one(label, spec, data, args, dense, method, iterations, log):
     rows = layer_table(spec, state.masks)
     err = evaluate(state, data.x_test, data.y_test)
     row = {
-        "net": spec.name, "method": label, "test_error": err, "kept_fraction": rows[-1]["kept_fraction"],
+        "net": spec.name,
+        "method": label,
+        "test_error": err,
+        "kept_fraction": rows[-1]["kept_fraction"],
         "weight_density": total_weight_density(spec, state.masks),
         "layer_weight_densities": weight_densities(spec, state.masks),
-        "pruning_iterations": iterations, "iterations": dense.iteration + iterations,
-        "seconds": seconds, "config": method.config_dict(),
+        "pruning_iterations": iterations,
+        "iterations": dense.iteration + iterations,
+        "seconds": seconds,
+        "config": method.config_dict(),
     }
-    log(f"{spec.name} {label:>24}: error {100 * err:.2f}%  kept {100 * row['kept_fraction']:.2f}%  "
-        f"iterations {row['iterations']:,}  ({time.perf_counter() - t0:.0f} s)")
+    log(
+        f"{spec.name} {label:>24}: error {100 * err:.2f}%  kept {100 * row['kept_fraction']:.2f}%  "
+        f"iterations {row['iterations']:,}  ({time.perf_counter() - t0:.0f} s)"
+    )
     return row, state
 
 
@@ -112,17 +121,32 @@ def compare_net(net, data, args, log):
     dense, dense_seconds = dense_start(spec, data, args, log)
     dense_err = evaluate(dense, data.x_test, data.y_test)
     log(f"{net}: dense error {100 * dense_err:.2f}% after {dense.iteration:,} iterations")
-    rows = [{"net": net, "method": "dense", "test_error": dense_err, "kept_fraction": 1.0, "weight_density": 1.0,
-             "layer_weight_densities": {n: 1.0 for n in spec.layer_names}, "pruning_iterations": 0,
-             "iterations": dense.iteration, "seconds": dense_seconds, "config": {}}]
+    rows = [
+        {
+            "net": net,
+            "method": "dense",
+            "test_error": dense_err,
+            "kept_fraction": 1.0,
+            "weight_density": 1.0,
+            "layer_weight_densities": {n: 1.0 for n in spec.layer_names},
+            "pruning_iterations": 0,
+            "iterations": dense.iteration,
+            "seconds": dense_seconds,
+            "config": {},
+        }
+    ]
 
     surgery = 1_500 if args.quick else PAPER_SURGERY_ITERATIONS[net]
     dns_cfg = dns_recipe(net)
     if args.quick:  # the schedule squeezed into the short run
         scale = surgery / PAPER_SURGERY_ITERATIONS[net]
-        dns_cfg = dataclasses.replace(dns_cfg, layers={
-            k: dataclasses.replace(lc, iter_stop=int(lc.iter_stop * scale), gamma=lc.gamma / scale)
-            for k, lc in dns_cfg.layers.items()})
+        dns_cfg = dataclasses.replace(
+            dns_cfg,
+            layers={
+                k: dataclasses.replace(lc, iter_stop=int(lc.iter_stop * scale), gamma=lc.gamma / scale)
+                for k, lc in dns_cfg.layers.items()
+            },
+        )
     row, dns_state = run_one("dns", spec, data, args, dense, DNS(dns_cfg), surgery, log)
     rows.append(row)
 
@@ -133,22 +157,36 @@ def compare_net(net, data, args, log):
     rows.append(row)
 
     targets = {"dns": weight_densities(spec, dns_state.masks), "han": weight_densities(spec, han_state.masks)}
-    totals = {"dns": total_weight_density(spec, dns_state.masks), "han": total_weight_density(spec, han_state.masks)}
+    totals = {
+        "dns": total_weight_density(spec, dns_state.masks),
+        "han": total_weight_density(spec, han_state.masks),
+    }
     retrain = 1_500 if args.quick else args.retrain
     if not args.skip_han_matched:
         han_matched = Han(dataclasses.replace(han.config, quality=None, densities=targets["dns"]))
-        row, _ = run_one("han@dns", spec, data, args, dense, han_matched, han_matched.schedule_iterations(), log)
+        row, _ = run_one(
+            "han@dns", spec, data, args, dense, han_matched, han_matched.schedule_iterations(), log
+        )
         rows.append(row)
     for at in ("dns", "han"):
         for label, method, iters in (
             (f"magnitude@{at}+0", Magnitude(MagnitudeConfig(densities=targets[at], retrain_iterations=0)), 0),
-            (f"magnitude@{at}", Magnitude(MagnitudeConfig(densities=targets[at], retrain_iterations=retrain)),
-             retrain),
-            (f"magnitude-global@{at}", Magnitude(MagnitudeConfig(scope="global", density=totals[at],
-                                                                 retrain_iterations=retrain)), retrain),
+            (
+                f"magnitude@{at}",
+                Magnitude(MagnitudeConfig(densities=targets[at], retrain_iterations=retrain)),
+                retrain,
+            ),
+            (
+                f"magnitude-global@{at}",
+                Magnitude(MagnitudeConfig(scope="global", density=totals[at], retrain_iterations=retrain)),
+                retrain,
+            ),
             (f"random@{at}+0", RandomPruning(RandomConfig(densities=targets[at], retrain_iterations=0)), 0),
-            (f"random@{at}", RandomPruning(RandomConfig(densities=targets[at], retrain_iterations=retrain)),
-             retrain),
+            (
+                f"random@{at}",
+                RandomPruning(RandomConfig(densities=targets[at], retrain_iterations=retrain)),
+                retrain,
+            ),
         ):
             row, _ = run_one(label, spec, data, args, dense, method, iters, log)
             rows.append(row)
@@ -167,31 +205,44 @@ def markdown(rows, args, seconds) -> str:
     ]
     for net in dict.fromkeys(r["net"] for r in rows):
         names = list(rows[i]["layer_weight_densities"] for i, r in enumerate(rows) if r["net"] == net)[0]
-        lines += [f"## {net}", "",
-                  "| method | test error | kept % (w+b) | compression | iterations (pruning) | "
-                  + " | ".join(f"{n} %" for n in names) + " |",
-                  "|---|---:|---:|---:|---:|" + "---:|" * len(names)]
+        lines += [
+            f"## {net}",
+            "",
+            "| method | test error | kept % (w+b) | compression | iterations (pruning) | "
+            + " | ".join(f"{n} %" for n in names)
+            + " |",
+            "|---|---:|---:|---:|---:|" + "---:|" * len(names),
+        ]
         for r in rows:
             if r["net"] != net:
                 continue
             dens = " | ".join(f"{100 * r['layer_weight_densities'][n]:.1f}" for n in names)
-            lines.append(f"| {r['method']} | {100 * r['test_error']:.2f}% | {100 * r['kept_fraction']:.2f}% | "
-                         f"{1 / r['kept_fraction']:.1f}x | {r['iterations']:,} ({r['pruning_iterations']:,}) "
-                         f"| {dens} |")
+            lines.append(
+                f"| {r['method']} | {100 * r['test_error']:.2f}% | {100 * r['kept_fraction']:.2f}% | "
+                f"{1 / r['kept_fraction']:.1f}x | {r['iterations']:,} ({r['pruning_iterations']:,}) "
+                f"| {dens} |"
+            )
         p = PAPER[net]
-        lines += ["", f"Papers: DNS {p['dns'][0]}x at {100 * p['dns'][1]:.2f}% in {p['dns'][2]:,} surgery "
-                  f"iterations; Han et al. {p['han'][0]}x at {100 * p['han'][1]:.2f}% (iterations not stated).", ""]
+        lines += [
+            "",
+            f"Papers: DNS {p['dns'][0]}x at {100 * p['dns'][1]:.2f}% in {p['dns'][2]:,} surgery "
+            f"iterations; Han et al. {p['han'][0]}x at {100 * p['han'][1]:.2f}% (iterations not stated).",
+            "",
+        ]
         by = {r["method"]: r for r in rows if r["net"] == net}
         d, h = by["dns"], by["han"]
         han_at_dns = f"{100 * by['han@dns']['test_error']:.2f}%" if "han@dns" in by else "(not run)"
+        more = "more" if d["kept_fraction"] < h["kept_fraction"] else "less"
+        fewer = "fewer" if d["iterations"] < h["iterations"] else "more"
+        mag, rnd = by["magnitude@dns"]["test_error"], by["random@dns"]["test_error"]
         lines.append(
             f"Claim check: DNS {1 / d['kept_fraction']:.1f}x at {100 * d['test_error']:.2f}% in "
-            f"{d['iterations']:,} iterations vs Han {1 / h['kept_fraction']:.1f}x at {100 * h['test_error']:.2f}% "
-            f"in {h['iterations']:,}: DNS compresses {'more' if d['kept_fraction'] < h['kept_fraction'] else 'less'}"
-            f" with {'fewer' if d['iterations'] < h['iterations'] else 'more'} iterations "
-            f"(ratio {d['iterations'] / h['iterations']:.2f}); at DNS's densities Han's rule gives "
-            f"{han_at_dns} and retrained per-layer magnitude "
-            f"{100 * by['magnitude@dns']['test_error']:.2f}%, random {100 * by['random@dns']['test_error']:.2f}%.")
+            f"{d['iterations']:,} iterations vs Han {1 / h['kept_fraction']:.1f}x at "
+            f"{100 * h['test_error']:.2f}% in {h['iterations']:,}: DNS compresses {more} with {fewer} "
+            f"iterations (ratio {d['iterations'] / h['iterations']:.2f}); "
+            "at DNS's densities Han's rule gives "
+            f"{han_at_dns}, retrained per-layer magnitude {100 * mag:.2f}%, random {100 * rnd:.2f}%."
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -206,9 +257,15 @@ def plot(rows, path: Path) -> bool:
         return False
     nets = list(dict.fromkeys(r["net"] for r in rows))
     fig, axes = plt.subplots(1, len(nets), figsize=(6.5 * len(nets), 4.8), squeeze=False)
-    style = {"dns": ("o", "C0"), "han": ("s", "C1"), "magnitude": ("^", "C2"), "magnitude-global": ("v", "C4"),
-             "random": ("x", "C3"), "dense": ("*", "k")}
-    for ax, net in zip(axes[0], nets):
+    style = {
+        "dns": ("o", "C0"),
+        "han": ("s", "C1"),
+        "magnitude": ("^", "C2"),
+        "magnitude-global": ("v", "C4"),
+        "random": ("x", "C3"),
+        "dense": ("*", "k"),
+    }
+    for ax, net in zip(axes[0], nets, strict=True):
         for r in rows:
             if r["net"] != net:
                 continue
@@ -218,8 +275,13 @@ def plot(rows, path: Path) -> bool:
             face = "none" if hollow and marker not in "x*" else color
             kw = {"facecolors": face, "edgecolors": color} if marker not in "x" else {"color": color}
             ax.scatter(100 * r["kept_fraction"], 100 * r["test_error"], marker=marker, s=60, **kw)
-            ax.annotate(r["method"], (100 * r["kept_fraction"], 100 * r["test_error"]), fontsize=7,
-                        xytext=(4, 2), textcoords="offset points")
+            ax.annotate(
+                r["method"],
+                (100 * r["kept_fraction"], 100 * r["test_error"]),
+                fontsize=7,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("parameters kept (%)")
@@ -242,13 +304,22 @@ def main(argv=None) -> int:
     ap.add_argument("--nets", default="lenet-300-100,lenet-5")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=os.environ.get("REFDNS_DATA"))
-    ap.add_argument("--dense-dir", help="reuse <net>-dense.h5 from here when it matches (10K iterations, seed)")
-    ap.add_argument("--retrain", type=int, default=DENSE_ITERATIONS,
-                    help="retraining iterations of the magnitude and random baselines (default: a dense run's)")
-    ap.add_argument("--skip-han-matched", action="store_true", help="no han@dns run (Han's rule at DNS's densities)")
+    ap.add_argument(
+        "--dense-dir", help="reuse <net>-dense.h5 from here when it matches (10K iterations, seed)"
+    )
+    ap.add_argument(
+        "--retrain",
+        type=int,
+        default=DENSE_ITERATIONS,
+        help="retraining iterations of the magnitude and random baselines (default: a dense run's)",
+    )
+    ap.add_argument(
+        "--skip-han-matched", action="store_true", help="no han@dns run (Han's rule at DNS's densities)"
+    )
     ap.add_argument("--json", metavar="FILE", help="also write the rows here")
-    ap.add_argument("--out", default=str(RESULTS / "compare_methods"),
-                    help="path prefix of the .md/.json/.png outputs")
+    ap.add_argument(
+        "--out", default=str(RESULTS / "compare_methods"), help="path prefix of the .md/.json/.png outputs"
+    )
     args = ap.parse_args(argv)
     if args.quick and args.out == str(RESULTS / "compare_methods"):
         args.out += "_quick"
@@ -264,8 +335,9 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     md = markdown(rows, args, seconds)
     out = Path(args.out)
-    payload = json.dumps({"quick": args.quick, "seed": args.seed, "seconds": seconds, "rows": rows},
-                         indent=2, sort_keys=True).encode()
+    payload = json.dumps(
+        {"quick": args.quick, "seed": args.seed, "seconds": seconds, "rows": rows}, indent=2, sort_keys=True
+    ).encode()
     atomic_write(out.with_suffix(".md"), md.encode())
     atomic_write(out.with_suffix(".json"), payload)
     if args.json:

@@ -45,7 +45,7 @@ class PruningMethod:
         return None
 
     def lr_iteration(self, iteration: int) -> int:
-        """The iteration the learning-rate policy reads at ``iteration`` (Han: each retraining restarts it)."""
+        """The iteration the lr policy reads at ``iteration`` (Han: each retraining restarts the policy)."""
         return iteration
 
     def config_dict(self) -> dict[str, Any]:

@@ -42,7 +42,14 @@ from refdns.config import check_number, to_dict
 from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
 from refdns.prune.base import PruningMethod
-from refdns.prune.magnitude import check_densities, check_layers, kept_count, layer_names, mask_records, top_k_mask
+from refdns.prune.magnitude import (
+    check_densities,
+    check_layers,
+    kept_count,
+    layer_names,
+    mask_records,
+    top_k_mask,
+)
 
 STD_READINGS = ("dense", "kept")
 
@@ -69,7 +76,9 @@ class HanConfig:
 
     def __post_init__(self):
         if (self.quality is None) == (self.densities is None):
-            raise ConfigError("give exactly one of quality={layer: q} (Han's rule) or densities={layer: fraction}")
+            raise ConfigError(
+                "give exactly one of quality={layer: q} (Han's rule) or densities={layer: fraction}"
+            )
         if self.quality is not None:
             if not isinstance(self.quality, dict) or not self.quality:
                 raise ConfigError(f"quality must be a non-empty dict {{layer: q}}, got {self.quality!r}")
@@ -98,9 +107,16 @@ class HanConfig:
 # Per-layer qualities and schedules refdns tuned on MNIST from the 10,000-iteration Caffe dense net (seed 0);
 # what was tried and the numbers are in validate/results/han_tuning.md.
 RECIPES: dict[str, dict[str, Any]] = {
-    "lenet-300-100": {"quality": {"ip1": 1.55, "ip2": 1.5, "ip3": 1.0}, "rounds": 5, "round_iterations": 8_000},
-    "lenet-5": {"quality": {"conv1": 0.6, "conv2": 1.5, "ip1": 1.65, "ip2": 1.35}, "rounds": 3,
-                "round_iterations": 3_000},
+    "lenet-300-100": {
+        "quality": {"ip1": 1.55, "ip2": 1.5, "ip3": 1.0},
+        "rounds": 5,
+        "round_iterations": 8_000,
+    },
+    "lenet-5": {
+        "quality": {"conv1": 0.6, "conv2": 1.5, "ip1": 1.65, "ip2": 1.35},
+        "rounds": 3,
+        "round_iterations": 3_000,
+    },
 }
 
 
@@ -200,7 +216,9 @@ class Han(PruningMethod):
         return iteration
 
     def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_layers(spec, self.config.layers, "Han quality" if self.config.quality is not None else "Han densities")
+        check_layers(
+            spec, self.config.layers, "Han quality" if self.config.quality is not None else "Han densities"
+        )
         return {"round": np.array(0, dtype=np.int64)}
 
     def prune_round(self, r: int, params, masks, state) -> dict[str, np.ndarray]:

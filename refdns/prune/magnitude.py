@@ -79,10 +79,14 @@ class MagnitudeConfig:
         if self.density is not None:
             check_number("density", self.density, lo=0.0, hi=1.0)
             if self.scope != "global":
-                raise ConfigError("density (one number for the net) needs scope='global'; for scope='layer' "
-                                  "pass densities={layer: fraction}")
+                raise ConfigError(
+                    "density (one number for the net) needs scope='global'; for scope='layer' "
+                    "pass densities={layer: fraction}"
+                )
         elif self.densities is None:
-            raise ConfigError("give densities={layer: fraction kept} or, with scope='global', density=fraction")
+            raise ConfigError(
+                "give densities={layer: fraction kept} or, with scope='global', density=fraction"
+            )
         if self.densities is not None:
             object.__setattr__(self, "densities", check_densities(self.densities))
         check_number("retrain_iterations", self.retrain_iterations, lo=0, integer=True)
@@ -121,8 +125,13 @@ def kept_count(n: int, density: float) -> int:
     return int(np.floor(density * n + 0.5))
 
 
-def layer_magnitude_masks(params: dict[str, np.ndarray], masks: dict[str, np.ndarray],
-                          densities: dict[str, float], *, prune_biases: bool = False) -> dict[str, np.ndarray]:
+def layer_magnitude_masks(
+    params: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    densities: dict[str, float],
+    *,
+    prune_biases: bool = False,
+) -> dict[str, np.ndarray]:
     """Per-layer one-shot masks: layer l keeps its ``round(density_l * n_l)`` largest surviving weights.
 
     Entries already pruned in ``masks`` stay pruned (they count as magnitude 0 and are the first to go), so
@@ -138,8 +147,14 @@ def layer_magnitude_masks(params: dict[str, np.ndarray], masks: dict[str, np.nda
     return out
 
 
-def global_magnitude_masks(params: dict[str, np.ndarray], masks: dict[str, np.ndarray], layers: list[str],
-                           density: float, *, prune_biases: bool = False) -> dict[str, np.ndarray]:
+def global_magnitude_masks(
+    params: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    layers: list[str],
+    density: float,
+    *,
+    prune_biases: bool = False,
+) -> dict[str, np.ndarray]:
     """Global one-shot masks: one magnitude threshold over the weights of ``layers``.
 
     Keeps the ``round(density * sum_l n_l)`` largest surviving weights of the whole net. Returns new masks.
@@ -171,9 +186,16 @@ def mask_records(iteration: int, spec_layers, old: dict[str, np.ndarray], new: d
         pruned = sum(int(np.count_nonzero(old[k] & ~new[k])) for k in keys)
         spliced = sum(int(np.count_nonzero(~old[k] & new[k])) for k in keys)
         if pruned or spliced:
-            records.append({"iteration": int(iteration), "layer": layer, "pruned": pruned, "spliced": spliced,
-                            "kept": sum(int(np.count_nonzero(new[k])) for k in keys),
-                            "total": sum(new[k].size for k in keys)})
+            records.append(
+                {
+                    "iteration": int(iteration),
+                    "layer": layer,
+                    "pruned": pruned,
+                    "spliced": spliced,
+                    "kept": sum(int(np.count_nonzero(new[k])) for k in keys),
+                    "total": sum(new[k].size for k in keys),
+                }
+            )
     return records
 
 

@@ -24,7 +24,13 @@ from refdns.config import check_number, to_dict
 from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
 from refdns.prune.base import PruningMethod
-from refdns.prune.magnitude import HAN_PAPER_DENSITIES, check_densities, check_layers, kept_count, mask_records
+from refdns.prune.magnitude import (
+    HAN_PAPER_DENSITIES,
+    check_densities,
+    check_layers,
+    kept_count,
+    mask_records,
+)
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,13 @@ def random_mask(mask: np.ndarray, density: float, *, rng: np.random.Generator) -
     return new.reshape(mask.shape)
 
 
-def random_masks(masks: dict[str, np.ndarray], densities: dict[str, float], *, rng: np.random.Generator,
-                 prune_biases: bool = False) -> dict[str, np.ndarray]:
+def random_masks(
+    masks: dict[str, np.ndarray],
+    densities: dict[str, float],
+    *,
+    rng: np.random.Generator,
+    prune_biases: bool = False,
+) -> dict[str, np.ndarray]:
     """Per-layer random masks at ``densities`` (new arrays; layers drawn in the order of ``densities``)."""
     out = {k: m.copy() for k, m in masks.items()}
     kinds = ("weight", "bias") if prune_biases else ("weight",)

@@ -33,8 +33,12 @@ TINY = NetSpec(
     name="tiny",
     input_shape=(1, 3, 3),
     n_classes=3,
-    ops=(Op("flatten"), Op("dense", "fc1", w_shape=(6, 9), b_shape=(6,)), Op("relu"),
-         Op("dense", "fc2", w_shape=(3, 6), b_shape=(3,))),
+    ops=(
+        Op("flatten"),
+        Op("dense", "fc1", w_shape=(6, 9), b_shape=(6,)),
+        Op("relu"),
+        Op("dense", "fc2", w_shape=(3, 6), b_shape=(3,)),
+    ),
 )
 floats = st.floats(-2.0, 2.0, allow_nan=False, allow_subnormal=False, width=32)
 densities = st.floats(0.0, 1.0)
@@ -176,14 +180,17 @@ def test_adjusted_dropout_equation_and_validation():
         adjusted_dropout(0.5, 100, 101)
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"quality": {"fc1": 1.0}, "densities": {"fc1": 0.1}}, "exactly one"),
-    ({}, "exactly one"),
-    ({"quality": {"fc1": -1.0}}, "quality"),
-    ({"quality": {"fc1": 1.0}, "rounds": 0}, "rounds"),
-    ({"quality": {"fc1": 1.0}, "std": "median"}, "std"),
-    ({"densities": {"fc1": 1.5}}, "densities"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"quality": {"fc1": 1.0}, "densities": {"fc1": 0.1}}, "exactly one"),
+        ({}, "exactly one"),
+        ({"quality": {"fc1": -1.0}}, "quality"),
+        ({"quality": {"fc1": 1.0}, "rounds": 0}, "rounds"),
+        ({"quality": {"fc1": 1.0}, "std": "median"}, "std"),
+        ({"densities": {"fc1": 1.5}}, "densities"),
+    ],
+)
 def test_han_config_refuses_nonsense(bad, match):
     with pytest.raises(ConfigError, match=match):
         HanConfig(**bad)
@@ -204,11 +211,19 @@ def test_one_shot_without_retraining_zeroes_the_pruned_weights(rng):
     x, y = tiny_batch(rng, 16)
     data = Data(x, y, x, y)
     params = init_params(TINY, rng=rng)
-    state, _ = run_training(TINY, data, TrainConfig(iterations=0, batch_size=4), seed=0,
-                            method=make("magnitude", 0.25, 0.5), params=params)
+    state, _ = run_training(
+        TINY,
+        data,
+        TrainConfig(iterations=0, batch_size=4),
+        seed=0,
+        method=make("magnitude", 0.25, 0.5),
+        params=params,
+    )
     assert np.count_nonzero(state.masks["fc1.weight"]) == round(0.25 * 54)
     assert np.all(state.params["fc1.weight"][~state.masks["fc1.weight"]] == 0)
-    assert np.array_equal(state.params["fc1.weight"] != 0, state.masks["fc1.weight"] & (params["fc1.weight"] != 0))
+    assert np.array_equal(
+        state.params["fc1.weight"] != 0, state.masks["fc1.weight"] & (params["fc1.weight"] != 0)
+    )
     assert state.iteration == 0 and len(state.history.mask_updates) == 2
 
 
@@ -230,7 +245,9 @@ def test_restart_lr_makes_every_retraining_a_fresh_solver_run(rng):
     cfg = TrainConfig(iterations=6, batch_size=4, sgd=SGDConfig(gamma=0.5))
     rates = {}
     for restart in (False, True):
-        method = Han(HanConfig(quality={"fc1": 0.5, "fc2": 0.5}, rounds=2, round_iterations=3, restart_lr=restart))
+        method = Han(
+            HanConfig(quality={"fc1": 0.5, "fc2": 0.5}, rounds=2, round_iterations=3, restart_lr=restart)
+        )
         state = new_run(TINY, 16, cfg, seed=0)
         state.method_state = method.init_state(TINY, state.params)
         rates[restart] = [train_step(state, x[:4], y[:4], cfg, method)[1] for _ in range(6)]

@@ -3,9 +3,8 @@
 Claim under test (Guo et al. 2016, Sec. 4.1): Dynamic Network Surgery compresses LeNet-300-100 and LeNet-5
 more than Han et al.'s iterative pruning (56x / 108x against 12x) in far fewer training iterations
 (25K / 16K of surgery against Han's repeated prune/retrain). And the baselines every pruning study needs:
-at the *same
-per-layer densities* as DNS's final net (and as Han's), is one-shot magnitude pruning (per layer or one
-global threshold, with and without retraining) or a random mask (per layer, retrained) as good?
+at the *same per-layer densities* as DNS's final net (and as Han's), is one-shot magnitude pruning (per layer
+or one global threshold, with and without retraining) or a random mask (per layer, retrained) as good?
 
 Per net, all runs start from one dense net (Caffe recipe, 10,000 iterations, seed 0) and use seed 0:
 

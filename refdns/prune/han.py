@@ -114,7 +114,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "round_iterations": 8_000,
     },
     "lenet-5": {
-        "quality": {"conv1": 0.6, "conv2": 1.5, "ip1": 1.65, "ip2": 1.35},
+        "quality": {"conv1": 0.6, "conv2": 1.5, "ip1": 1.4, "ip2": 1.35},
         "rounds": 3,
         "round_iterations": 3_000,
     },

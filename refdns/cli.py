@@ -264,37 +264,146 @@ def cmd_dns(args) -> int:
     return 0
 
 
+def _other_method(args, spec):
+    """A non-DNS method from its registered recipe, with the command line's overrides applied."""
+    import dataclasses
+
+    from refdns.errors import ConfigError
+    from refdns.prune.base import methods
+
+    method = methods()[args.method].recipe(spec.name)
+    cfg, over = method.config, {}
+    names = set(dataclasses.asdict(cfg))
+    layers = spec.layer_names
+    if args.quality is not None:
+        if "quality" not in names:
+            raise ConfigError(f"--quality applies to --method han, not {args.method}")
+        over |= {"quality": (cfg.quality or {}) | _per_layer(args.quality, layers, "quality", float),
+                 "densities": None}
+    if args.density is not None:
+        if "densities" not in names:
+            raise ConfigError(f"--density does not apply to --method {args.method}")
+        if "=" not in args.density and args.scope == "global":
+            density = _per_layer(args.density, layers, "density", float)[layers[0]]
+            over |= {"density": density, "densities": None}
+        else:
+            over |= {"densities": (cfg.densities or {}) | _per_layer(args.density, layers, "density", float)}
+            if "quality" in names:
+                over["quality"] = None
+    for flag, field in (("rounds", "rounds"), ("round_iterations", "round_iterations"), ("std", "std"),
+                        ("restart_lr", "restart_lr"),
+                        ("scope", "scope"), ("iterations", "retrain_iterations")):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if field not in names:
+            hint = " (Han's length is --rounds x --round-iterations)" if flag == "iterations" else ""
+            raise ConfigError(f"--{flag.replace('_', '-')} does not apply to --method {args.method}{hint}")
+        over[field] = value
+    return type(method)(dataclasses.replace(cfg, **over))
+
+
+def _prune(args, spec, data, dense_params, dense_error, out_path, method):
+    """Run a non-DNS method from dense parameters; write checkpoint; return the JSON-ready result."""
+    from refdns import checkpoint
+    from refdns.pipeline import format_table, pruning_summary, run_config, run_training
+
+    cfg = _train_config(args, iterations=method.schedule_iterations())
+    print(f"refdns {__version__}: {method.name} on {spec.name} for {cfg.iterations} iterations, "
+          f"seed {args.seed}", file=sys.stderr)
+    print(f"  {json.dumps(method.config_dict(), sort_keys=True)}", file=sys.stderr)
+    prog = Progress(cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"{method.name} {spec.name}")
+    try:
+        state, seconds = run_training(spec, data, cfg, seed=args.seed, method=method, params=dense_params,
+                                      on_step=prog.step, on_test=prog.test)
+    finally:
+        prog.close()
+    summary = pruning_summary(spec, state, dense_error, data.x_test, data.y_test)
+    config = run_config(spec, args.dataset, args.seed, cfg, method)
+    checkpoint.save(out_path, state, method=method.name, config=config)
+    print(format_table(summary))
+    print(f"\n{method.name} wall time {seconds:.1f} s; checkpoint {out_path}")
+    return summary | {"seconds": seconds, "iterations": cfg.iterations, "checkpoint": str(out_path),
+                      "config": config,
+                      "method_state": {k: v.tolist() for k, v in state.method_state.items()},
+                      "mask_updates": state.history.mask_updates,
+                      "test_error_history": state.history.test_error}
+
+
+DNS_FLAGS = ("c_rate", "gamma", "power", "iter_stop")
+PRUNE_FLAGS = ("quality", "rounds", "round_iterations", "std", "restart_lr", "density", "scope")
+
+
+def _refuse_foreign_flags(args) -> None:
+    """A flag of another method is an error, not silently ignored."""
+    from refdns.errors import ConfigError
+
+    foreign = DNS_FLAGS if args.method != "dns" else PRUNE_FLAGS
+    given = [f"--{f.replace('_', '-')}" for f in foreign if getattr(args, f, None) is not None]
+    dns_only = args.reading != "caffe" or args.update_every != 1 or args.sensitivity_multiplier
+    if args.method != "dns" and dns_only:
+        given.append("--reading/--update-every/--sensitivity-multiplier")
+    if given:
+        raise ConfigError(f"{', '.join(given)} do(es) not apply to --method {args.method}")
+
+
 def cmd_reproduce(args) -> int:
     from refdns import checkpoint
     from refdns.nets import get_spec
     from refdns.pipeline import run_config, run_training
+    from refdns.train import evaluate
 
     spec = get_spec(args.net)
+    _refuse_foreign_flags(args)
+    if args.method == "dns":
+        _surgery_train_config(args, spec)  # refuse nonsense settings before loading data
+        _dns_config(args, spec)
+    else:
+        method = _other_method(args, spec)
+        _train_config(args, iterations=method.schedule_iterations())
     dense_cfg = _train_config(args, iterations=args.dense_iterations, dense=True)
-    _surgery_train_config(args, spec)
-    _dns_config(args, spec)
+    dense_ck = checkpoint.load(args.dense_from) if args.dense_from else None
+    if dense_ck is not None and dense_ck.state.spec.name != spec.name:
+        from refdns.errors import ConfigError
+
+        raise ConfigError(f"--dense-from {args.dense_from} holds a {dense_ck.state.spec.name}, "
+                          f"not a {spec.name}")
     data = _data(args)
     out_dir = Path(args.out_dir)
     t0 = time.perf_counter()
-    print(f"refdns {__version__}: dense {spec.name} for {dense_cfg.iterations} iterations", file=sys.stderr)
-    prog = Progress(dense_cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"dense {spec.name}")
-    try:
-        dense, dense_seconds = run_training(spec, data, dense_cfg, seed=args.seed, on_step=prog.step,
-                                            on_test=prog.test)
-    finally:
-        prog.close()
-    dense_error = dense.history.test_error[-1][1]
-    dense_path = out_dir / f"{spec.name}-dense.h5"
-    checkpoint.save(dense_path, dense, method="dense",
-                    config=run_config(spec, args.dataset, args.seed, dense_cfg, None))
-    print(f"dense: test error {100 * dense_error:.2f}% ({dense_seconds:.1f} s); checkpoint {dense_path}",
-          file=sys.stderr)
-    result = _surgery(args, spec, data, dense.params, None, dense_error, out_dir / f"{spec.name}-dns.h5")
+    if dense_ck is None:
+        print(f"refdns {__version__}: dense {spec.name} for {dense_cfg.iterations} iterations",
+              file=sys.stderr)
+        prog = Progress(dense_cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"dense {spec.name}")
+        try:
+            dense, dense_seconds = run_training(spec, data, dense_cfg, seed=args.seed, on_step=prog.step,
+                                                on_test=prog.test)
+        finally:
+            prog.close()
+        dense_error = dense.history.test_error[-1][1]
+        dense_path = out_dir / f"{spec.name}-dense.h5"
+        checkpoint.save(dense_path, dense, method="dense",
+                        config=run_config(spec, args.dataset, args.seed, dense_cfg, None))
+    else:  # the dense phase was run before; its iterations still count, its seconds are not re-measured
+        dense, dense_seconds, dense_path = dense_ck.state, None, Path(args.dense_from)
+        dense_error = evaluate(dense, data.x_test, data.y_test)
+    took = "reused" if dense_seconds is None else f"{dense_seconds:.1f} s"
+    print(f"dense: test error {100 * dense_error:.2f}% ({took}); checkpoint {dense_path}", file=sys.stderr)
+    out = out_dir / f"{spec.name}-{args.method}.h5"
+    if args.method == "dns":
+        result = _surgery(args, spec, data, dense.params, None, dense_error, out)
+    else:
+        result = _prune(args, spec, data, dense.params, dense_error, out, method)
     total = time.perf_counter() - t0
-    print(f"pipeline wall time {total:.1f} s (dense {dense_seconds:.1f} s, surgery {result['seconds']:.1f} s)")
+    print(f"pipeline wall time {total:.1f} s (dense {took}, {args.method} {result['seconds']:.1f} s)")
     if args.json:
+        # iterations: every training iteration the result cost, dense included; the parts separately.
         write_json(args.json, result | {"dense_seconds": dense_seconds, "surgery_seconds": result["seconds"],
-                                        "seconds": total, "dense_iterations": dense_cfg.iterations,
+                                        "pruning_seconds": result["seconds"], "method": args.method,
+                                        "seconds": total,
+                                        "pruning_iterations": result["iterations"],
+                                        "iterations": dense.iteration + result["iterations"],
+                                        "dense_iterations": dense.iteration,
                                         "dense_checkpoint": str(dense_path)})
     return 0
 
@@ -467,8 +576,25 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("han / magnitude / random (per-layer values: one number or layer=value,...; "
+                             "--iterations = retraining iterations for magnitude and random, 0 = none)")
+    g.add_argument("--quality", help="han: final per-layer quality q, prune |w| < q * std(W)")
+    g.add_argument("--rounds", type=int, help="han: prune/retrain rounds (q grows as q * r / rounds)")
+    g.add_argument("--round-iterations", dest="round_iterations", type=int, help="han: retraining per round")
+    g.add_argument("--std", choices=["dense", "kept"],
+                   help="han: std of the dense weights (once) or of the kept")
+    g.add_argument("--restart-lr", dest="restart_lr", action="store_true", default=None,
+                   help="han: every retraining restarts the lr policy (a fresh solver run per round)")
+    g.add_argument("--density",
+                   help="fraction of weights kept (magnitude, random; han: instead of --quality)")
+    g.add_argument("--scope", choices=["layer", "global"],
+                   help="magnitude: per-layer or one global threshold")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from refdns.nets import NETS
+    from refdns.prune.base import methods
 
     parser = argparse.ArgumentParser(prog="refdns", description=__doc__)
     parser.add_argument("--version", action="version", version=f"refdns {__version__}")
@@ -492,11 +618,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="the whole pipeline: dense training, then surgery, then the paper's table")
     p.add_argument("--net", required=True, choices=sorted(NETS))
-    p.add_argument("--method", default="dns", choices=["dns"])
+    p.add_argument("--method", default="dns", choices=sorted(methods()),
+                   help="pruning method (refdns/prune/<method>.py) with its default recipe for the net")
     p.add_argument("--dense-iterations", type=int, default=10_000)
+    p.add_argument("--dense-from", metavar="CKPT",
+                   help="start from this dense checkpoint instead of training one "
+                   "(its iterations still count in the JSON's `iterations`)")
     p.add_argument("--out-dir", default=".", help="where the dense and pruned checkpoints go")
     _add_run_args(p, iterations=None)
     _add_dns_args(p)
+    _add_prune_args(p)
     _add_data_args(p)
     p.set_defaults(func=cmd_reproduce)
 

@@ -45,9 +45,26 @@ def run_training(
     """Train from ``params`` (or xavier init) and return the state and the wall time in seconds."""
     state = new_run(spec, len(data.x_train), cfg, seed=seed, params=params, masks=masks)
     t0 = time.perf_counter()
+    if method is not None and cfg.iterations == 0:
+        prune_without_training(state, method)
     train(state, data.x_train, data.y_train, cfg, method=method, x_test=data.x_test, y_test=data.y_test,
           on_step=on_step, on_test=on_test)
     return state, time.perf_counter() - t0
+
+
+def prune_without_training(state: RunState, method: PruningMethod) -> None:
+    """Apply a method's iteration-0 masks with no training step (one-shot pruning without retraining).
+
+    A method that holds pruned weights at zero (``grad_through_mask`` False) gets them zeroed here, as a
+    training step would have done.
+    """
+    state.method_state = method.init_state(state.spec, state.params)
+    records = method.update_masks(0, state.params, state.masks, state.method_state, state.mask_rng)
+    state.history.mask_updates.extend(records)
+    if not method.grad_through_mask:
+        for k, m in state.masks.items():
+            state.params[k] *= m
+            state.velocity[k] *= m
 
 
 def layer_table(spec: NetSpec, masks: dict[str, np.ndarray]) -> list[dict[str, Any]]:

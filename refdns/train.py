@@ -186,7 +186,7 @@ def train_step(
     if not method.grad_through_mask:
         for k, g in grads.items():
             g *= state.masks[k]
-    lr = sgd_step(cfg.sgd, state.params, grads, state.velocity, it)
+    lr = sgd_step(cfg.sgd, state.params, grads, state.velocity, method.lr_iteration(it))
     if not method.grad_through_mask:
         for k, m in state.masks.items():
             state.velocity[k] *= m

@@ -12,11 +12,16 @@ A method owns two decisions and nothing else:
 
 The training loop (:mod:`refdns.train`) applies the mask to form ``w_eff = w * mask``, runs the hand-written
 forward/backward on ``w_eff`` and then follows the method's gradient rule. Adding a method means adding one
-file in :mod:`refdns.prune` with a frozen config and a subclass of :class:`PruningMethod`.
+file in :mod:`refdns.prune` with a frozen config and a subclass of :class:`PruningMethod` that sets ``name``
+and implements :meth:`PruningMethod.recipe`; :func:`methods` finds it (so ``refdns reproduce --method NAME``
+runs it with no edit elsewhere), and :meth:`PruningMethod.schedule_iterations` tells the pipeline how long
+the method trains when its schedule fixes that (Han's rounds; 0 for a one-shot prune without retraining).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 import numpy as np
@@ -29,6 +34,19 @@ class PruningMethod:
 
     name: str = "dense"
     grad_through_mask: bool = True
+
+    @classmethod
+    def recipe(cls, net: str) -> PruningMethod:
+        """The method with refdns's default settings for ``net`` (what ``refdns reproduce`` runs)."""
+        raise NotImplementedError(f"{cls.__name__} has no default recipe for {net!r}")
+
+    def schedule_iterations(self) -> int | None:
+        """Training iterations the method's own schedule needs, or None when the caller chooses (DNS)."""
+        return None
+
+    def lr_iteration(self, iteration: int) -> int:
+        """The iteration the lr policy reads at ``iteration`` (Han: each retraining restarts the policy)."""
+        return iteration
 
     def config_dict(self) -> dict[str, Any]:
         """The method's full configuration, JSON-ready, stored in every checkpoint."""
@@ -53,6 +71,22 @@ class PruningMethod:
         an empty list when nothing was updated.
         """
         return []
+
+
+def methods() -> dict[str, type[PruningMethod]]:
+    """Every pruning method in :mod:`refdns.prune`, by name (importing each module of the package once)."""
+    import refdns.prune as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+    found: dict[str, type[PruningMethod]] = {}
+    stack = list(PruningMethod.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls.__module__.startswith(package.__name__ + "."):
+            found.setdefault(cls.name, cls)
+        stack.extend(cls.__subclasses__())
+    return dict(sorted(found.items()))
 
 
 def all_ones_masks(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -170,6 +170,13 @@ class DNS(PruningMethod):
             raise TypeError(f"config must be a DNSConfig, got {type(config).__name__}")
         self.config = config
 
+    @classmethod
+    def recipe(cls, net: str) -> DNS:
+        """DNS with :func:`refdns.pipeline.dns_recipe` (the settings refdns reproduced the paper with)."""
+        from refdns.pipeline import dns_recipe
+
+        return cls(dns_recipe(net))
+
     def config_dict(self) -> dict[str, Any]:
         return to_dict(self.config) | {"method": self.name}
 

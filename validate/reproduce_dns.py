@@ -31,13 +31,15 @@ def main() -> int:
     ap.add_argument("--recipe", default="refdns", choices=["refdns", "authors"])
     ap.add_argument("--data-dir", default=os.environ.get("REFDNS_DATA"))
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--out-dir", help="keep the dense and pruned checkpoints here (default: a temporary folder)")
     args = ap.parse_args()
     from refdns.cli import main as cli
 
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.out_dir or scratch
         for net in args.net or list(TARGETS):
-            js = Path(tmp) / f"{net}.json"
+            js = Path(scratch) / f"{net}.json"
             argv = ["reproduce", "--net", net, "--recipe", args.recipe, "--out-dir", tmp, "--json", str(js),
                     "--no-progress", "--test-interval", "0"]
             if args.data_dir:
@@ -48,8 +50,18 @@ def main() -> int:
             if rc != 0:
                 return rc
             results[net] = json.loads(js.read_text())
+    RESULTS.mkdir(exist_ok=True)
+    kind = "quick" if args.quick else "full"
+    for net, r in results.items():  # one record per net; the markdown gathers every net's latest run
+        (RESULTS / f"reproduce_dns_{kind}_{net}.json").write_text(json.dumps(
+            {k: v for k, v in r.items() if k not in ("churn", "test_error_history")}, indent=2) + "\n")
+    every = {}
+    for net in TARGETS:
+        f = RESULTS / f"reproduce_dns_{kind}_{net}.json"
+        if f.exists():
+            every[net] = json.loads(f.read_text())
     lines = [f"# DNS reproduction ({'quick smoke run' if args.quick else 'full'}; recipe {args.recipe})", ""]
-    for net, r in results.items():
+    for net, r in every.items():
         t = TARGETS[net]
         lines += [f"## {net}", "", "| layer | params | kept | kept % |", "|---|---:|---:|---:|"]
         for name, lr in r["layers"].items():
@@ -66,14 +78,13 @@ def main() -> int:
             f"error {100 * r['test_error']:.2f}% vs <= {100 * t['error']:.1f}%: {'met' if ok_e else 'MISSED'}",
             f"- wall time {r['seconds']:.0f} s (dense {r['dense_seconds']:.0f} s + surgery {r['surgery_seconds']:.0f} s) "
             f"vs target < {t['seconds']} s: {'met' if ok_s else 'MISSED'}",
-            f"- surgery: {r['iterations']} iterations, base lr {r['config']['train']['sgd']['base_lr']}, layers "
+            f"- surgery: {r['pruning_iterations']} iterations after {r['dense_iterations']} dense, base lr {r['config']['train']['sgd']['base_lr']}, layers "
             + "; ".join(f"{k} c_rate {v['c_rate']} gamma {v['gamma']} iter_stop {v['iter_stop']}"
                         for k, v in r["config"]["method"]["layers"].items()),
             "",
         ]
     text = "\n".join(lines)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
     name = "reproduce_dns_quick.md" if args.quick else "reproduce_dns.md"
     (RESULTS / name).write_text(text)
     if args.json:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import h5py
 import numpy as np
 
 from refdns import __version__
+from refdns.atomic import atomic_path
 from refdns.errors import CheckpointError
 from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec
@@ -172,10 +172,7 @@ def _manifest(f: h5py.File) -> dict[str, Any]:
 def save(path: str | os.PathLike, state: RunState, *, method: str = "dense", config: dict[str, Any] | None = None) -> Path:
     """Write ``state`` to ``path`` atomically (temp file + fsync + rename) and return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
             f.attrs["format"] = FORMAT
             f.attrs["schema_version"] = SCHEMA_VERSION
@@ -211,17 +208,7 @@ def save(path: str | os.PathLike, state: RunState, *, method: str = "dense", con
                     mu.create_dataset(col, data=np.array([r[col] for r in recs], dtype=np.int64))
             f.attrs[MANIFEST_ATTR] = json.dumps(_manifest(f), sort_keys=True)
             f.flush()
-        seal(tmp)  # fsyncs
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        seal(tmp)
     return path
 
 

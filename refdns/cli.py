@@ -14,19 +14,10 @@ from refdns import __version__
 from refdns.errors import RefdnsError
 
 
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    from refdns.atomic import write_text
+
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 class Progress:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import h5py
 import numpy as np
 
 from refdns import __version__
+from refdns.atomic import atomic_path
 from refdns.config import to_dict
 from refdns.errors import TraceError
 from refdns.nets.sequential import NetSpec
@@ -176,10 +176,7 @@ def write_golden(
     }
     summary: dict[str, Any] = {"loss": [], "pruned": [], "spliced": [], "fired": []}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         # libver v110 (HDF5 >= 1.10): compact groups and single-chunk indexes, a fraction of the metadata
         with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
             f.attrs.update(
@@ -238,13 +235,6 @@ def write_golden(
                     summary["pruned"].append(pruned.tolist())
                     summary["spliced"].append(spliced.tolist())
             f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return summary
 
 

@@ -8,12 +8,12 @@ Files are read with ``allow_pickle=False``: an object array is refused, never un
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from refdns.atomic import atomic_path
 from refdns.errors import InterchangeError
 from refdns.nets.sequential import NetSpec
 
@@ -75,16 +75,6 @@ def read_npz(path: str | os.PathLike, spec: NetSpec) -> dict[str, np.ndarray]:
 def write_npz(path: str | os.PathLike, params: dict[str, np.ndarray]) -> Path:
     """Write ``params`` (float32) to ``path`` atomically (temp file + fsync + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v, dtype=np.float32) for k, v in params.items()})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **{k: np.asarray(v, dtype=np.float32) for k, v in params.items()})
     return path

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from refdns import checkpoint
+from refdns.atomic import write_bytes
 from refdns.datasets import load_mnist
 from refdns.nets import get_spec
 from refdns.optim import SGDConfig
@@ -55,14 +56,6 @@ PAPER = {
 }
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def weight_densities(spec, masks) -> dict[str, float]:
@@ -296,7 +289,7 @@ def plot(rows, path: Path) -> bool:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return True
 
 
@@ -340,10 +333,10 @@ def main(argv=None) -> int:
     payload = json.dumps(
         {"quick": args.quick, "seed": args.seed, "seconds": seconds, "rows": rows}, indent=2, sort_keys=True
     ).encode()
-    atomic_write(out.with_suffix(".md"), md.encode())
-    atomic_write(out.with_suffix(".json"), payload)
+    write_bytes(out.with_suffix(".md"), md.encode())
+    write_bytes(out.with_suffix(".json"), payload)
     if args.json:
-        atomic_write(Path(args.json), payload)
+        write_bytes(Path(args.json), payload)
     if not plot(rows, out.with_suffix(".png")):
         log("matplotlib not installed: no PNG (pip install 'refdns[plot]')")
     print(md)

@@ -179,12 +179,12 @@ def surgery_recipe(net: str, *, recipe: str = "refdns") -> SurgeryRecipe:
         return SurgeryRecipe(dataclasses.replace(base, layers=layers), 0.02, 40_000,
                              "c_rate 5.0/3.5/2.5 (authors 3), iter_stop 20,000 (8,000), base lr 0.02 (0.01), "
                              "40K iterations (paper 25K)")
-    # LeNet-5: the first author's per-layer values, with conv1 and ip1 cut harder and Caffe's lr doubled.
-    c = {"conv1": 1.5, "conv2": 3.0, "ip1": 4.5, "ip2": 2.5}
+    # LeNet-5: the first author's per-layer values, with conv1, conv2 and ip1 cut harder, Caffe's lr doubled.
+    c = {"conv1": 1.5, "conv2": 3.3, "ip1": 4.8, "ip2": 2.5}
     layers = {n: dataclasses.replace(lc, c_rate=c[n]) for n, lc in base.layers.items()}
     return SurgeryRecipe(dataclasses.replace(base, layers=layers), 0.02, 20_000,
-                         "c_rate conv1 1.5 (authors 1), ip1 4.5 (4), base lr 0.02 (0.01), 20K iterations "
-                         "(paper 16K)")
+                         "c_rate conv1 1.5 (authors 1), conv2 3.3 (3), ip1 4.8 (4), base lr 0.02 (0.01), "
+                         "20K iterations (paper 16K)")
 
 
 def dns_recipe(net: str, *, recipe: str = "refdns"):

@@ -125,6 +125,9 @@ def time_torch(name: str, x: np.ndarray, y: np.ndarray, steps: int, reps: int) -
 
 
 def main() -> None:
+    from refdns.perf import tune_malloc
+
+    tune_malloc()  # as the refdns CLI does: large temporaries stay on the heap (no per-step page faults)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     ap.add_argument("--json", metavar="FILE")

@@ -585,7 +585,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from refdns.nets import NETS
-    from refdns.prune.base import methods
+    from refdns.prune.base import reproducible_methods
 
     parser = argparse.ArgumentParser(prog="refdns", description=__doc__)
     parser.add_argument("--version", action="version", version=f"refdns {__version__}")
@@ -609,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="the whole pipeline: dense training, then surgery, then the paper's table")
     p.add_argument("--net", required=True, choices=sorted(NETS))
-    p.add_argument("--method", default="dns", choices=sorted(methods()),
+    p.add_argument("--method", default="dns", choices=sorted(reproducible_methods()),
                    help="pruning method (refdns/prune/<method>.py) with its default recipe for the net")
     p.add_argument("--dense-iterations", type=int, default=10_000)
     p.add_argument("--dense-from", metavar="CKPT",

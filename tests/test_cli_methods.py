@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from refdns import checkpoint
 from tests.test_cli import run_cli
 
@@ -85,3 +87,13 @@ def test_flags_of_another_method_are_refused(tmp_path, capsys):
         assert main(["reproduce", "--net", "lenet-300-100", "--out-dir", str(tmp_path), *argv]) == 2
         assert flag in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_reproduce_offers_only_methods_with_a_recipe():
+    """OBD and OBS need Hessian data; offering them to reproduce would end in a traceback."""
+    from refdns.cli import build_parser
+    from refdns.prune.base import reproducible_methods
+
+    assert set(reproducible_methods()) == {"dns", "han", "magnitude", "random"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["reproduce", "--net", "lenet-5", "--method", "obd"])

@@ -9,7 +9,12 @@ from refdns.layers.dense import DenseCache, dense_backward, dense_forward
 from refdns.layers.flatten import FlattenCache, flatten_backward, flatten_forward
 from refdns.layers.loss import softmax, softmax_cross_entropy
 from refdns.layers.pool import MaxPoolCache, maxpool_backward, maxpool_forward
-from refdns.layers.sparse_dense import SparseDenseCache, SparseWeight, sparse_dense_backward, sparse_dense_forward
+from refdns.layers.sparse_dense import (
+    SparseDenseCache,
+    SparseWeight,
+    sparse_dense_backward,
+    sparse_dense_forward,
+)
 
 __all__ = [
     "Conv2dCache",

@@ -21,7 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+from refdns.layers._checks import check_array as _check_array
+from refdns.layers._checks import check_int as _check_int
+
 _LAYOUTS = ("auto", "batch_first", "batch_last")
 
 
@@ -34,23 +36,6 @@ class Conv2dCache(NamedTuple):
     stride: int
     pad: int
     layout: str
-
-
-def _check_array(name: str, a: object, ndim: int) -> None:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype not in _FLOATS:
-        raise TypeError(f"{name}.dtype={a.dtype}: expected float32 or float64")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}.shape={a.shape}: expected {ndim} dimensions, got {a.ndim}")
-
-
-def _check_int(name: str, v: object, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name}={v!r}: expected an int >= {minimum}")
-    if v < minimum:
-        raise ValueError(f"{name}={v!r}: expected an int >= {minimum}")
-    return int(v)
 
 
 def _auto_layout(C: int, KH: int, KW: int, OH: int, OW: int) -> str:

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+from refdns.layers._checks import check_array as _check_array
 
 
 class DenseCache(NamedTuple):
@@ -17,15 +17,6 @@ class DenseCache(NamedTuple):
 
     x: np.ndarray  # (N, D)
     w: np.ndarray  # (M, D)
-
-
-def _check_array(name: str, a: object, ndim: int) -> None:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype not in _FLOATS:
-        raise TypeError(f"{name}.dtype={a.dtype}: expected float32 or float64")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}.shape={a.shape}: expected {ndim} dimensions, got {a.ndim}")
 
 
 def dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, DenseCache]:

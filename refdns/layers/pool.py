@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+from refdns.layers._checks import FLOATS
+from refdns.layers._checks import check_int as _check_int
 
 
 class MaxPoolCache(NamedTuple):
@@ -33,14 +34,6 @@ class MaxPoolCache(NamedTuple):
     dtype: np.dtype
     size: int
     stride: int
-
-
-def _check_int(name: str, v: object, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name}={v!r}: expected an int >= {minimum}")
-    if v < minimum:
-        raise ValueError(f"{name}={v!r}: expected an int >= {minimum}")
-    return int(v)
 
 
 def _max_first_wins(views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +79,7 @@ def maxpool_forward(x: np.ndarray, *, size: int = 2, stride: int = 2) -> tuple[n
     """
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype not in _FLOATS:
+    if x.dtype not in FLOATS:
         raise TypeError(f"x.dtype={x.dtype}: expected float32 or float64")
     if x.ndim != 4:
         raise ValueError(f"x.shape={x.shape}: expected 4 dimensions (N, C, H, W), got {x.ndim}")

@@ -83,10 +83,16 @@ def methods() -> dict[str, type[PruningMethod]]:
     stack = list(PruningMethod.__subclasses__())
     while stack:
         cls = stack.pop()
-        if cls.__module__.startswith(package.__name__ + "."):
+        if cls.__module__.startswith(package.__name__ + ".") and cls.name:
             found.setdefault(cls.name, cls)
         stack.extend(cls.__subclasses__())
     return dict(sorted(found.items()))
+
+
+def reproducible_methods() -> dict[str, type[PruningMethod]]:
+    """The methods ``refdns reproduce`` can run: those with a default recipe (OBD and OBS need Hessian data
+    and are studied through validate/obd_obs_study.py instead)."""
+    return {n: c for n, c in methods().items() if c.recipe.__func__ is not PruningMethod.recipe.__func__}
 
 
 def all_ones_masks(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -96,3 +102,30 @@ def all_ones_masks(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def kept_counts(masks: dict[str, np.ndarray]) -> dict[str, int]:
     return {k: int(np.count_nonzero(m)) for k, m in masks.items()}
+
+
+class OneShotOnData(PruningMethod):
+    """Base of the methods that prune once, at ``config.at_iteration``, from curvature measured on (x, y).
+
+    Subclasses (OBD, OBS) set ``name``, ``config_type`` and implement :meth:`update_masks`; pruned weights
+    then stay exactly 0 and masks only shrink (``grad_through_mask = False``).
+    """
+
+    name = ""  # an abstract base, not a method of its own (methods() skips it)
+    grad_through_mask = False
+    config_type: type = object
+
+    def __init__(self, config, x: np.ndarray, y: np.ndarray):
+        if not isinstance(config, self.config_type):
+            raise TypeError(f"config must be an {self.config_type.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.x, self.y = x, y
+
+    def config_dict(self) -> dict[str, Any]:
+        from refdns.config import to_dict
+
+        return to_dict(self.config) | {"method": self.name, "hessian_samples": len(self.x)}
+
+    def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.spec = spec
+        return {}

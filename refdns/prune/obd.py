@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from refdns.config import check_number, to_dict
+from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.hessian import LOSSES, full_hessian, obd_diagonal, param_slices
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod
+from refdns.prune.base import OneShotOnData
 
 DIAGONALS = ("recursion", "exact")
 
@@ -101,27 +101,14 @@ def lowest_score_masks(
     return out
 
 
-class OBD(PruningMethod):
+class OBD(OneShotOnData):
     """One-shot OBD as a :class:`~refdns.prune.base.PruningMethod` (masks only shrink, pruned weights stay 0).
 
     The diagonal is computed on the (x, y) given here, at the effective weights of ``at_iteration``.
     """
 
     name = "obd"
-    grad_through_mask = False
-
-    def __init__(self, config: OBDConfig, x: np.ndarray, y: np.ndarray):
-        if not isinstance(config, OBDConfig):
-            raise TypeError(f"config must be an OBDConfig, got {type(config).__name__}")
-        self.config = config
-        self.x, self.y = x, y
-
-    def config_dict(self) -> dict[str, Any]:
-        return to_dict(self.config) | {"method": self.name, "hessian_samples": len(self.x)}
-
-    def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.spec = spec
-        return {}
+    config_type = OBDConfig
 
     def update_masks(self, iteration, params, masks, state, rng) -> list[dict[str, Any]]:
         cfg = self.config

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg.blas import dger as _dger
 
-from refdns.config import check_number, to_dict
+from refdns.config import check_number
 from refdns.errors import ConfigError, SingularHessianError
 from refdns.hessian import (
     LOSSES,
@@ -64,7 +64,7 @@ from refdns.hessian import (
 from refdns.layers.conv import Conv2dCache
 from refdns.layers.dense import DenseCache
 from refdns.nets.sequential import NetSpec, forward
-from refdns.prune.base import PruningMethod
+from refdns.prune.base import OneShotOnData
 
 HESSIANS = ("exact", "gauss-newton", "woodbury", "layerwise")
 
@@ -496,7 +496,7 @@ def obs_prune(
     return new, new_masks, info | {"removed": len(removed)}
 
 
-class OBS(PruningMethod):
+class OBS(OneShotOnData):
     """One-shot OBS as a :class:`~refdns.prune.base.PruningMethod`.
 
     At ``at_iteration`` it prunes with the Hessian of the loss on the (x, y) it was given and writes the
@@ -505,20 +505,7 @@ class OBS(PruningMethod):
     """
 
     name = "obs"
-    grad_through_mask = False
-
-    def __init__(self, config: OBSConfig, x: np.ndarray, y: np.ndarray):
-        if not isinstance(config, OBSConfig):
-            raise TypeError(f"config must be an OBSConfig, got {type(config).__name__}")
-        self.config = config
-        self.x, self.y = x, y
-
-    def config_dict(self) -> dict[str, Any]:
-        return to_dict(self.config) | {"method": self.name, "hessian_samples": len(self.x)}
-
-    def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.spec = spec
-        return {}
+    config_type = OBSConfig
 
     def update_masks(self, iteration, params, masks, state, rng) -> list[dict[str, Any]]:
         if iteration != self.config.at_iteration:

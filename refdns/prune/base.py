@@ -129,3 +129,13 @@ class OneShotOnData(PruningMethod):
     def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.spec = spec
         return {}
+
+    def _weight_records(self, iteration: int, old: dict[str, np.ndarray], new: dict[str, np.ndarray]):
+        """One mask-update record per layer's weight for a one-shot prune from ``old`` to ``new`` masks."""
+        records = []
+        for op in self.spec.layers:
+            key = op.name + ".weight"
+            records.append({"iteration": int(iteration), "layer": op.name,
+                            "pruned": int(np.count_nonzero(old[key] & ~new[key])), "spliced": 0,
+                            "kept": int(np.count_nonzero(new[key])), "total": int(new[key].size)})
+        return records

@@ -221,15 +221,17 @@ class DNS(PruningMethod):
                 scale = 1.0 + cfg.sensitivity_multiplier * epoch
                 t = float(state[f"{layer}.mu"]) + lc.c_rate * scale * float(state[f"{layer}.std"])
                 a, b = cfg.band[0] * t, cfg.band[1] * t
-            kinds = ("weight", "bias") if cfg.reading == "caffe" else ("weight",)
-            pruned = spliced = 0
-            for kind in kinds:
+            pruned = spliced = kept = 0
+            for kind in ("weight", "bias"):
                 key = f"{layer}.{kind}"
+                if kind == "bias" and cfg.reading == "distiller":  # Distiller never prunes biases
+                    kept += int(np.count_nonzero(masks[key]))
+                    continue
                 # hysteresis() in one in-place pass with the counts (kernels/hysteresis.py; twin: hysteresis)
-                p, s, _ = hysteresis_update(masks[key], params[key], a, b, inclusive_prune=cfg.reading == "caffe")
+                p, s, k = hysteresis_update(masks[key], params[key], a, b, inclusive_prune=cfg.reading == "caffe")
                 pruned += p
                 spliced += s
-            kept = sum(int(np.count_nonzero(masks[f"{layer}.{k}"])) for k in ("weight", "bias"))
+                kept += k
             total = masks[f"{layer}.weight"].size + masks[f"{layer}.bias"].size
             records.append({"iteration": int(iteration), "layer": layer, "pruned": pruned, "spliced": spliced,
                             "kept": kept, "total": total})

@@ -118,19 +118,8 @@ class OBD(OneShotOnData):
         h = hessian_diagonal(self.spec, w_eff, self.x, self.y, diagonal=cfg.diagonal, loss=cfg.loss)
         keys = [op.name + ".weight" for op in self.spec.layers]
         new = lowest_score_masks(saliency(w_eff, h), masks, keys, cfg.kept_fraction)
-        records = []
-        for op in self.spec.layers:
-            key = op.name + ".weight"
-            records.append(
-                {
-                    "iteration": int(iteration),
-                    "layer": op.name,
-                    "pruned": int(np.count_nonzero(masks[key] & ~new[key])),
-                    "spliced": 0,
-                    "kept": int(new[key].sum()),
-                    "total": int(new[key].size),
-                }
-            )
+        records = self._weight_records(iteration, masks, new)
+        for key in keys:
             masks[key][...] = new[key]
         # Keep the stored weights consistent with the masks (pruned weights are exactly 0).
         for k in keys:

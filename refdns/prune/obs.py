@@ -511,19 +511,7 @@ class OBS(OneShotOnData):
         if iteration != self.config.at_iteration:
             return []
         new, new_masks, _ = obs_prune(self.spec, params, masks, self.x, self.y, self.config)
-        records = []
-        for op in self.spec.layers:
-            key = op.name + ".weight"
-            records.append(
-                {
-                    "iteration": int(iteration),
-                    "layer": op.name,
-                    "pruned": int(np.count_nonzero(masks[key] & ~new_masks[key])),
-                    "spliced": 0,
-                    "kept": int(new_masks[key].sum()),
-                    "total": int(new_masks[key].size),
-                }
-            )
+        records = self._weight_records(iteration, masks, new_masks)
         for k in params:
             params[k][...] = new[k] * new_masks[k]
             masks[k][...] = new_masks[k]

@@ -1,34 +1,75 @@
-"""The ``refdns`` command line. The only module that reads argv or prints."""
+"""refdns: train, prune and verify small networks on MNIST, the way the pruning papers' own code did.
+
+Commands: train (dense), dns (surgery on a dense checkpoint), reproduce (dense + any pruning method + the
+paper's table), golden / verify (step traces for checking another implementation), import / export (.npz
+weights), eval / infer (test error, dense or with the sparse kernels). `refdns COMMAND --help` for each.
+Errors exit with status 2 and say what was wrong; --debug shows the traceback of an unexpected failure.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
-import os
+import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from refdns import __version__
-from refdns.errors import RefdnsError
+import numpy as np
+
+from refdns import __version__, checkpoint
+from refdns.atomic import check_inputs, check_outputs, write_text
+from refdns.errors import ConfigError, RefdnsError
+from refdns.nets import NETS, get_spec
+from refdns.optim import learning_rate
+from refdns.pipeline import (
+    experiment,
+    format_table,
+    layer_table,
+    load_data,
+    phase_json,
+    reproduce,
+    result_json,
+)
+from refdns.prune.base import reproducible_methods
+
+DEFAULT_DIR = Path("runs")  # where outputs go unless a path is given (git-ignored in the repository)
 
 
-def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
-    from refdns.atomic import write_text
+def _clean(obj: Any) -> Any:
+    """JSON cannot hold NaN or Inf: they become null (strict JSON, readable by every parser)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
 
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+def write_json(path, obj: dict[str, Any]) -> None:
+    write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 class Progress:
-    """A tqdm bar with ETA plus a log line per test; quiet when not wanted."""
+    """A tqdm bar per phase with ETA plus a log line per test; quiet when not wanted."""
 
-    def __init__(self, total: int, initial: int, *, enabled: bool, desc: str):
+    def __init__(self, *, enabled: bool):
+        self.enabled, self.bar, self.last_loss, self.cfg = enabled, None, float("nan"), None
+
+    def phase(self, name: str, exp, cfg) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="it", disable=not enabled,
+        self.close()
+        print(f"refdns {__version__}: {name} {exp.net} for {cfg.iterations} iterations, seed {exp.seed}",
+              file=sys.stderr)
+        if name != "dense":
+            print(f"  {json.dumps(exp.method.config_dict(), sort_keys=True)}", file=sys.stderr)
+        self.cfg = cfg
+        self.bar = tqdm(total=cfg.iterations, desc=f"{name} {exp.net}", unit="it", disable=not self.enabled,
                         dynamic_ncols=True, leave=False, file=sys.stderr)
-        self.last_loss = float("nan")
 
     def step(self, state, loss: float, lr: float) -> None:
         self.last_loss = loss
@@ -36,112 +77,48 @@ class Progress:
         if state.iteration % 50 == 0:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.5f}", refresh=False)
 
-    def test(self, state, err: float, lr: float | None = None) -> None:
-        lr_text = f"  lr {lr:.6f}" if lr is not None else ""
-        line = f"iter {state.iteration:>6}  loss {self.last_loss:.4f}{lr_text}  test error {100 * err:.2f}%"
-        self.bar.write(line, file=sys.stderr)
+    def test(self, state, err: float) -> None:
+        lr = learning_rate(self.cfg.sgd, state.iteration - 1)
+        self.bar.write(f"iter {state.iteration:>6}  loss {self.last_loss:.4f}  lr {lr:.6f}  "
+                       f"test error {100 * err:.2f}%", file=sys.stderr)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="folder holding mnist/ (and fashion-mnist/); default $REFDNS_DATA, "
-                   "then the user cache, then download")
-    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
+# ---- argument types: a bad number is refused by argparse itself (status 2, the option named) -------------
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {lo}")
+        return value
+    parse.__name__ = f"integer >= {lo}"
+    return parse
 
 
-def _add_run_args(p: argparse.ArgumentParser, *, iterations: int) -> None:
-    p.add_argument("--iterations", type=int, default=iterations,
-                   help="training iterations" + ("" if iterations else " (default: the paper's count for the net)"))
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base-lr", type=float, default=None,
-                   help="solver base lr (default 0.01, Caffe's; for surgery, the recipe's)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--lr-policy", default="inv", choices=["inv", "fixed", "step"])
-    p.add_argument("--test-interval", type=int, default=1000, help="iterations between test evaluations (0: end only)")
-    p.add_argument("--json", metavar="FILE", help="also write the final figures as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
-
-
-def _load_data(args):
-    from refdns.datasets import load_mnist
-
-    kw = dict(dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download)
-    x_train, y_train = load_mnist("train", **kw)
-    x_test, y_test = load_mnist("test", **kw)
-    return x_train, y_train, x_test, y_test
-
-
-def _train_config(args, *, iterations: int | None = None, base_lr: float | None = None, dense: bool = False):
-    """The solver settings of a command: flags first, then the recipe's, then Caffe's (lr 0.01).
-
-    ``dense=True`` is reproduce's dense phase, which always follows Caffe's recipe (the lr flag is the
-    surgery's).
-    """
-    from refdns.optim import SGDConfig
-    from refdns.train import TrainConfig
-
-    if dense:
-        lr = 0.01
-    else:
-        lr = args.base_lr if args.base_lr is not None else (base_lr if base_lr is not None else 0.01)
-    return TrainConfig(
-        iterations=args.iterations if iterations is None else iterations,
-        batch_size=args.batch_size,
-        test_interval=args.test_interval,
-        sgd=SGDConfig(base_lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                      lr_policy=args.lr_policy),
-    )
-
-
-def _progress_enabled(args) -> bool:
-    return not args.no_progress and sys.stderr.isatty()
-
-
-def cmd_train(args) -> int:
-    from refdns import checkpoint
-    from refdns.config import to_dict
-    from refdns.nets import get_spec
-    from refdns.optim import learning_rate
-    from refdns.train import new_run, train
-
-    spec = get_spec(args.net)
-    cfg = _train_config(args)
-    x_train, y_train, x_test, y_test = _load_data(args)
-    state = new_run(spec, len(x_train), cfg, seed=args.seed)
-    print(f"refdns {__version__}: training {spec.name} ({spec.n_params():,} parameters) on {args.dataset} "
-          f"for {cfg.iterations} iterations, seed {args.seed}", file=sys.stderr)
-    prog = Progress(cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"train {spec.name}")
-    t0 = time.perf_counter()
+def _positive_float(text: str) -> float:
     try:
-        train(state, x_train, y_train, cfg, x_test=x_test, y_test=y_test, on_step=prog.step,
-              on_test=lambda s, e: prog.test(s, e, learning_rate(cfg.sgd, s.iteration - 1)))
-    finally:
-        prog.close()
-    seconds = time.perf_counter() - t0
-    test_error = state.history.test_error[-1][1] if state.history.test_error else float("nan")
-    config = {"net": spec.name, "dataset": args.dataset, "seed": args.seed, "train": to_dict(cfg)}
-    out = Path(args.out or f"{spec.name}-dense.h5")
-    checkpoint.save(out, state, method="dense", config=config)
-    print(f"{spec.name}: test error {100 * test_error:.2f}% after {state.iteration} iterations "
-          f"({seconds:.1f} s); checkpoint {out}", file=sys.stderr)
-    if args.json:
-        write_json(args.json, {"net": spec.name, "dataset": args.dataset, "seed": args.seed,
-                               "test_error": test_error, "iterations": state.iteration, "seconds": seconds,
-                               "checkpoint": str(out), "test_error_history": state.history.test_error})
-    return 0
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number > 0")
+    return value
+
+
+POSITIVE, NATURAL = _int_at_least(1), _int_at_least(0)
 
 
 def _per_layer(text: str | None, layers, name: str, cast) -> dict[str, Any]:
     """Parse ``3`` (every layer) or ``conv1=1,ip1=4`` (those layers) into {layer: value}."""
     if text is None:
         return {}
-    from refdns.errors import ConfigError
-
     if "=" not in text:
         try:
             return {layer: cast(text) for layer in layers}
@@ -160,34 +137,98 @@ def _per_layer(text: str | None, layers, name: str, cast) -> dict[str, Any]:
     return out
 
 
-def _dns_config(args, spec):
-    import dataclasses
-
-    from refdns.pipeline import surgery_recipe
-
-    cfg = surgery_recipe(spec.name, recipe=args.recipe).dns
-    layers = dict(cfg.layers)
-    for field, cast in (("c_rate", float), ("gamma", float), ("power", float), ("iter_stop", int)):
-        for layer, value in _per_layer(getattr(args, field), spec.layer_names, field.replace("_", "-"), cast).items():
-            layers[layer] = dataclasses.replace(layers[layer], **{field: value})
-    return dataclasses.replace(cfg, layers=layers, reading=args.reading, update_every=args.update_every,
-                               sensitivity_multiplier=args.sensitivity_multiplier)
+DNS_FLAGS = ("c_rate", "gamma", "power", "iter_stop", "reading", "update_every", "sensitivity_multiplier")
+PRUNE_FLAGS = ("quality", "rounds", "round_iterations", "std", "restart_lr", "density", "scope")
 
 
-def _surgery_train_config(args, spec):
-    """Solver settings of a surgery run: the recipe's lr and length unless --base-lr / --iterations say."""
-    from refdns.pipeline import surgery_recipe
+def _method_overrides(args, net: str) -> dict[str, Any]:
+    """The command line's changes to the method's recipe config (flags of another method are refused)."""
+    method = getattr(args, "method", "dns")
+    foreign = PRUNE_FLAGS if method == "dns" else DNS_FLAGS
+    given = [f"--{f.replace('_', '-')}" for f in foreign if getattr(args, f, None) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} do(es) not apply to --method {method}")
+    spec = get_spec(net)
+    layers = spec.layer_names
+    base = reproducible_methods()[method].recipe(net, args.recipe).config
+    if method == "dns":
+        over: dict[str, Any] = {}
+        cfg_layers = dict(base.layers)
+        for f, cast in (("c_rate", float), ("gamma", float), ("power", float), ("iter_stop", int)):
+            for layer, value in _per_layer(getattr(args, f), layers, f.replace("_", "-"), cast).items():
+                cfg_layers[layer] = dataclasses.replace(cfg_layers[layer], **{f: value})
+        if cfg_layers != base.layers:
+            over["layers"] = cfg_layers
+        for f in ("reading", "update_every", "sensitivity_multiplier"):
+            if getattr(args, f) is not None:
+                over[f] = getattr(args, f)
+        return over
+    names, over = {f.name for f in dataclasses.fields(base)}, {}
+    if args.quality is not None:
+        if "quality" not in names:
+            raise ConfigError(f"--quality applies to --method han, not {method}")
+        over |= {"quality": (base.quality or {}) | _per_layer(args.quality, layers, "quality", float),
+                 "densities": None}
+    if args.density is not None:
+        if "densities" not in names:
+            raise ConfigError(f"--density does not apply to --method {method}")
+        if "=" not in args.density and args.scope == "global":
+            over |= {"density": _per_layer(args.density, layers, "density", float)[layers[0]], "densities": None}
+        else:
+            over["densities"] = (base.densities or {}) | _per_layer(args.density, layers, "density", float)
+            if "quality" in names:
+                over["quality"] = None
+    for flag, field in (("rounds", "rounds"), ("round_iterations", "round_iterations"), ("std", "std"),
+                        ("restart_lr", "restart_lr"), ("scope", "scope"), ("iterations", "retrain_iterations")):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if field not in names:
+            hint = " (Han's length is --rounds x --round-iterations)" if flag == "iterations" else ""
+            raise ConfigError(f"--{flag.replace('_', '-')} does not apply to --method {method}{hint}")
+        over[field] = value
+    return over
 
-    rec = surgery_recipe(spec.name, recipe=args.recipe)
-    iterations = rec.iterations if args.iterations is None else args.iterations
-    return _train_config(args, iterations=iterations, base_lr=rec.base_lr)
+
+def _experiment(args, method: str | None, *, dense_from: str | None = None):
+    """argv -> :class:`refdns.pipeline.Experiment` (every setting checked before any data is loaded)."""
+    sgd = {"momentum": args.momentum, "weight_decay": args.weight_decay, "lr_policy": args.lr_policy}
+    if args.base_lr is not None:
+        sgd["base_lr"] = args.base_lr
+    common = dict(sgd=sgd, batch_size=args.batch_size, test_interval=args.test_interval, dataset=args.dataset,
+                  seed=args.seed, dense_from=dense_from)
+    if method is None:
+        return experiment(args.net, None, iterations=args.iterations, dense_iterations=args.iterations, **common)
+    overrides = _method_overrides(args, args.net)
+    iterations = args.iterations if method == "dns" else None  # --iterations is retraining for the others
+    dense_iterations = getattr(args, "dense_iterations", None) or 10_000
+    return experiment(args.net, method, recipe=args.recipe, overrides=overrides, iterations=iterations,
+                      dense_iterations=dense_iterations, **common)
 
 
-def _print_surgery_report(summary, churn, seconds, out) -> None:
-    from refdns.pipeline import format_table
+def _data(args, exp):
+    data = load_data(exp.dataset, data_dir=args.data_dir, download=not args.no_download)
+    biggest = max(exp.dense.batch_size, exp.train.batch_size)
+    if biggest > len(data.x_train):
+        raise ConfigError(f"--batch-size {biggest} is larger than the {len(data.x_train):,} training images")
+    return data
 
-    print(format_table(summary))
-    print(f"\nsurgery wall time {seconds:.1f} s; checkpoint {out}")
+
+def _run(args, exp, *, dense_out=None, out=None):
+    data = _data(args, exp)
+    prog = Progress(enabled=not args.no_progress and sys.stderr.isatty())
+    try:
+        return reproduce(exp, data, dense_out=dense_out, out=out, on_phase=prog.phase, on_step=prog.step,
+                         on_test=prog.test)
+    finally:
+        prog.close()
+
+
+def _print_pruned(result) -> None:
+    phase = result.pruned
+    print(format_table(result.summary))
+    print(f"\n{phase.name} wall time {phase.seconds:.1f} s; checkpoint {phase.checkpoint}")
+    churn = phase_json(phase)["churn"]
     if churn:
         print("\nmask churn (connections pruned / spliced back, density at the end of each block):")
         print("| iterations | layer | updates | pruned | spliced | density |")
@@ -197,278 +238,64 @@ def _print_surgery_report(summary, churn, seconds, out) -> None:
                   f"| {100 * c['density']:.2f}% |")
 
 
-def _surgery(args, spec, data, dense_params, dense_masks, dense_error, out_path):
-    """Run DNS from dense parameters; write checkpoint; return the JSON-ready result."""
-    from refdns import checkpoint
-    from refdns.pipeline import churn_by_interval, pruning_summary, run_config, run_training
-    from refdns.prune.dns import DNS
-
-    cfg = _surgery_train_config(args, spec)
-    method = DNS(_dns_config(args, spec))
-    print(f"refdns {__version__}: surgery on {spec.name} for {cfg.iterations} iterations, seed {args.seed}",
-          file=sys.stderr)
-    for name, lc in method.config.layers.items():
-        print(f"  {name}: c_rate {lc.c_rate} gamma {lc.gamma} power {lc.power} iter_stop {lc.iter_stop}",
-              file=sys.stderr)
-    prog = Progress(cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"dns {spec.name}")
-    try:
-        state, seconds = run_training(spec, data, cfg, seed=args.seed, method=method, params=dense_params,
-                                      masks=dense_masks, on_step=prog.step, on_test=prog.test)
-    finally:
-        prog.close()
-    summary = pruning_summary(spec, state, dense_error, data.x_test, data.y_test)
-    config = run_config(spec, args.dataset, args.seed, cfg, method)
-    checkpoint.save(out_path, state, method="dns", config=config)
-    churn = churn_by_interval(state, interval=max(cfg.iterations // 10, 1))
-    _print_surgery_report(summary, churn, seconds, out_path)
-    thresholds = {k: float(v) for k, v in state.method_state.items()}
-    return summary | {"seconds": seconds, "iterations": cfg.iterations, "checkpoint": str(out_path),
-                      "config": config, "thresholds": thresholds, "churn": churn,
-                      "test_error_history": state.history.test_error}
-
-
-def _data(args):
-    from refdns.pipeline import Data
-
-    return Data(*_load_data(args))
+def cmd_train(args) -> int:
+    out = args.out or DEFAULT_DIR / f"{args.net}-dense.h5"
+    if args.iterations < 1:
+        raise ConfigError("--iterations 0: training needs at least one iteration")
+    check_outputs({"--out": out, "--json": args.json}, force=args.force)
+    exp = _experiment(args, None)
+    result = _run(args, exp, out=out)
+    d = result.dense
+    print(f"{args.net}: test error {100 * d.test_error:.2f}% after {d.iterations} iterations "
+          f"({d.seconds:.1f} s); checkpoint {out}", file=sys.stderr)
+    if args.json:
+        write_json(args.json, phase_json(d))
+    return 0
 
 
 def cmd_dns(args) -> int:
-    from refdns import checkpoint
-    from refdns.nets import get_spec
-    from refdns.train import evaluate
-
-    spec = get_spec(args.net)
-    ck = checkpoint.load(args.from_)
-    if ck.state.spec.name != spec.name:
-        from refdns.errors import ConfigError
-
-        raise ConfigError(f"--from {args.from_} holds a {ck.state.spec.name}, not a {spec.name}")
-    _surgery_train_config(args, spec)  # refuse nonsense settings before loading data
-    _dns_config(args, spec)
-    data = _data(args)
-    dense_error = evaluate(ck.state, data.x_test, data.y_test)
-    out = Path(args.out or f"{spec.name}-dns.h5")
-    result = _surgery(args, spec, data, ck.state.params, ck.state.masks, dense_error, out)
+    out = args.out or DEFAULT_DIR / f"{args.net}-dns.h5"
+    check_inputs({"--from": args.from_})
+    check_outputs({"--out": out, "--json": args.json}, inputs={"--from": args.from_}, force=args.force)
+    exp = _experiment(args, "dns", dense_from=args.from_)
+    result = _run(args, exp, out=out)
+    _print_pruned(result)
     if args.json:
-        write_json(args.json, result)
+        write_json(args.json, phase_json(result.pruned, result.summary))
     return 0
-
-
-def _other_method(args, spec):
-    """A non-DNS method from its registered recipe, with the command line's overrides applied."""
-    import dataclasses
-
-    from refdns.errors import ConfigError
-    from refdns.prune.base import methods
-
-    method = methods()[args.method].recipe(spec.name)
-    cfg, over = method.config, {}
-    names = set(dataclasses.asdict(cfg))
-    layers = spec.layer_names
-    if args.quality is not None:
-        if "quality" not in names:
-            raise ConfigError(f"--quality applies to --method han, not {args.method}")
-        over |= {"quality": (cfg.quality or {}) | _per_layer(args.quality, layers, "quality", float),
-                 "densities": None}
-    if args.density is not None:
-        if "densities" not in names:
-            raise ConfigError(f"--density does not apply to --method {args.method}")
-        if "=" not in args.density and args.scope == "global":
-            density = _per_layer(args.density, layers, "density", float)[layers[0]]
-            over |= {"density": density, "densities": None}
-        else:
-            over |= {"densities": (cfg.densities or {}) | _per_layer(args.density, layers, "density", float)}
-            if "quality" in names:
-                over["quality"] = None
-    for flag, field in (("rounds", "rounds"), ("round_iterations", "round_iterations"), ("std", "std"),
-                        ("restart_lr", "restart_lr"),
-                        ("scope", "scope"), ("iterations", "retrain_iterations")):
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        if field not in names:
-            hint = " (Han's length is --rounds x --round-iterations)" if flag == "iterations" else ""
-            raise ConfigError(f"--{flag.replace('_', '-')} does not apply to --method {args.method}{hint}")
-        over[field] = value
-    return type(method)(dataclasses.replace(cfg, **over))
-
-
-def _prune(args, spec, data, dense_params, dense_error, out_path, method):
-    """Run a non-DNS method from dense parameters; write checkpoint; return the JSON-ready result."""
-    from refdns import checkpoint
-    from refdns.pipeline import format_table, pruning_summary, run_config, run_training
-
-    cfg = _train_config(args, iterations=method.schedule_iterations())
-    print(f"refdns {__version__}: {method.name} on {spec.name} for {cfg.iterations} iterations, "
-          f"seed {args.seed}", file=sys.stderr)
-    print(f"  {json.dumps(method.config_dict(), sort_keys=True)}", file=sys.stderr)
-    prog = Progress(cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"{method.name} {spec.name}")
-    try:
-        state, seconds = run_training(spec, data, cfg, seed=args.seed, method=method, params=dense_params,
-                                      on_step=prog.step, on_test=prog.test)
-    finally:
-        prog.close()
-    summary = pruning_summary(spec, state, dense_error, data.x_test, data.y_test)
-    config = run_config(spec, args.dataset, args.seed, cfg, method)
-    checkpoint.save(out_path, state, method=method.name, config=config)
-    print(format_table(summary))
-    print(f"\n{method.name} wall time {seconds:.1f} s; checkpoint {out_path}")
-    return summary | {"seconds": seconds, "iterations": cfg.iterations, "checkpoint": str(out_path),
-                      "config": config,
-                      "method_state": {k: v.tolist() for k, v in state.method_state.items()},
-                      "mask_updates": state.history.mask_updates,
-                      "test_error_history": state.history.test_error}
-
-
-DNS_FLAGS = ("c_rate", "gamma", "power", "iter_stop")
-PRUNE_FLAGS = ("quality", "rounds", "round_iterations", "std", "restart_lr", "density", "scope")
-
-
-def _refuse_foreign_flags(args) -> None:
-    """A flag of another method is an error, not silently ignored."""
-    from refdns.errors import ConfigError
-
-    foreign = DNS_FLAGS if args.method != "dns" else PRUNE_FLAGS
-    given = [f"--{f.replace('_', '-')}" for f in foreign if getattr(args, f, None) is not None]
-    dns_only = args.reading != "caffe" or args.update_every != 1 or args.sensitivity_multiplier
-    if args.method != "dns" and dns_only:
-        given.append("--reading/--update-every/--sensitivity-multiplier")
-    if given:
-        raise ConfigError(f"{', '.join(given)} do(es) not apply to --method {args.method}")
 
 
 def cmd_reproduce(args) -> int:
-    from refdns import checkpoint
-    from refdns.nets import get_spec
-    from refdns.pipeline import run_config, run_training
-    from refdns.train import evaluate
-
-    spec = get_spec(args.net)
-    _refuse_foreign_flags(args)
-    if args.method == "dns":
-        _surgery_train_config(args, spec)  # refuse nonsense settings before loading data
-        _dns_config(args, spec)
-    else:
-        method = _other_method(args, spec)
-        _train_config(args, iterations=method.schedule_iterations())
-    dense_cfg = _train_config(args, iterations=args.dense_iterations, dense=True)
-    dense_ck = checkpoint.load(args.dense_from) if args.dense_from else None
-    if dense_ck is not None and dense_ck.state.spec.name != spec.name:
-        from refdns.errors import ConfigError
-
-        raise ConfigError(f"--dense-from {args.dense_from} holds a {dense_ck.state.spec.name}, "
-                          f"not a {spec.name}")
-    data = _data(args)
+    if args.dense_from is not None and args.dense_iterations is not None:
+        raise ConfigError("--dense-from and --dense-iterations contradict each other: the dense phase is either "
+                          "read from the checkpoint or trained; give one")
     out_dir = Path(args.out_dir)
-    t0 = time.perf_counter()
-    if dense_ck is None:
-        print(f"refdns {__version__}: dense {spec.name} for {dense_cfg.iterations} iterations",
-              file=sys.stderr)
-        prog = Progress(dense_cfg.iterations, 0, enabled=_progress_enabled(args), desc=f"dense {spec.name}")
-        try:
-            dense, dense_seconds = run_training(spec, data, dense_cfg, seed=args.seed, on_step=prog.step,
-                                                on_test=prog.test)
-        finally:
-            prog.close()
-        dense_error = dense.history.test_error[-1][1]
-        dense_path = out_dir / f"{spec.name}-dense.h5"
-        checkpoint.save(dense_path, dense, method="dense",
-                        config=run_config(spec, args.dataset, args.seed, dense_cfg, None))
-    else:  # the dense phase was run before; its iterations still count, its seconds are not re-measured
-        dense, dense_seconds, dense_path = dense_ck.state, None, Path(args.dense_from)
-        dense_error = evaluate(dense, data.x_test, data.y_test)
-    took = "reused" if dense_seconds is None else f"{dense_seconds:.1f} s"
-    print(f"dense: test error {100 * dense_error:.2f}% ({took}); checkpoint {dense_path}", file=sys.stderr)
-    out = out_dir / f"{spec.name}-{args.method}.h5"
-    if args.method == "dns":
-        result = _surgery(args, spec, data, dense.params, None, dense_error, out)
-    else:
-        result = _prune(args, spec, data, dense.params, dense_error, out, method)
-    total = time.perf_counter() - t0
-    print(f"pipeline wall time {total:.1f} s (dense {took}, {args.method} {result['seconds']:.1f} s)")
+    dense_out = None if args.dense_from else out_dir / f"{args.net}-dense.h5"
+    out = out_dir / f"{args.net}-{args.method}.h5"
+    check_inputs({"--dense-from": args.dense_from})
+    check_outputs({"--out-dir (dense)": dense_out, "--out-dir": out, "--json": args.json},
+                  inputs={"--dense-from": args.dense_from}, force=args.force)
+    exp = _experiment(args, args.method, dense_from=args.dense_from)
+    result = _run(args, exp, dense_out=dense_out, out=out)
+    d = result.dense
+    took = "reused" if d.seconds is None else f"{d.seconds:.1f} s"
+    print(f"dense: test error {100 * d.test_error:.2f}% ({took}); checkpoint {d.checkpoint}", file=sys.stderr)
+    _print_pruned(result)
+    print(f"pipeline wall time {result.seconds:.1f} s (dense {took}, {args.method} {result.pruned.seconds:.1f} s)")
     if args.json:
-        # iterations: every training iteration the result cost, dense included; the parts separately.
-        write_json(args.json, result | {"dense_seconds": dense_seconds, "surgery_seconds": result["seconds"],
-                                        "pruning_seconds": result["seconds"], "method": args.method,
-                                        "seconds": total,
-                                        "pruning_iterations": result["iterations"],
-                                        "iterations": dense.iteration + result["iterations"],
-                                        "dense_iterations": dense.iteration,
-                                        "dense_checkpoint": str(dense_path)})
+        write_json(args.json, result_json(result))
     return 0
-
-
-def cmd_infer(args) -> int:
-    import hashlib
-
-    import numpy as np
-
-    from refdns import checkpoint
-    from refdns.datasets import load_mnist
-    from refdns.nets.sequential import predict
-    from refdns.sparse import SparseNet, format_storage
-    from refdns.train import effective_params
-
-    ck = checkpoint.load(args.checkpoint)
-    st = ck.state
-    x_test, y_test = load_mnist("test", dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download)
-    if args.batch_size < 1:
-        from refdns.errors import ConfigError
-
-        raise ConfigError(f"--batch-size {args.batch_size} must be >= 1")
-    storage = None
-    if args.sparse:
-        net = SparseNet.from_params(st.spec, st.params, st.masks)
-        storage = net.storage()
-        net.predict(x_test[:2], batch_size=1)  # compile (or load the cached kernels) outside the timing
-        t0 = time.perf_counter()
-        pred = net.predict(x_test, batch_size=args.batch_size)
-    else:
-        params = effective_params(st.params, st.masks)
-        t0 = time.perf_counter()
-        pred = predict(st.spec, params, x_test, batch_size=args.batch_size)
-    seconds = time.perf_counter() - t0
-    test_error = float(np.mean(pred != y_test))
-    mode = "sparse" if args.sparse else "dense"
-    if storage is not None:
-        print(format_storage(storage))
-        print()
-    print(f"{st.spec.name} ({ck.method}, {args.checkpoint}): {mode} test error {100 * test_error:.2f}% on "
-          f"{len(y_test):,} images in {seconds:.2f} s ({len(y_test) / seconds:,.0f} images/s, batch {args.batch_size})")
-    if args.json:
-        out = {"net": st.spec.name, "checkpoint": str(args.checkpoint), "method": ck.method, "mode": mode,
-               "dataset": args.dataset, "test_error": test_error, "n_test": int(len(y_test)),
-               "errors": int(np.sum(pred != y_test)), "seconds": seconds, "batch_size": args.batch_size,
-               "predictions_sha256": hashlib.sha256(pred.astype("<i8").tobytes()).hexdigest()}
-        if storage is not None:
-            out["storage"] = storage
-        write_json(args.json, out)
-    return 0
-
-
-def _add_dns_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("surgery (per-layer values: one number for every layer, or layer=value,...)")
-    g.add_argument("--recipe", default="refdns", choices=["refdns", "authors"],
-                   help="starting per-layer settings: 'authors' = the DNS code's defaults, 'refdns' = the "
-                   "settings that reproduced the paper's table here (see README); flags below override")
-    g.add_argument("--c-rate", dest="c_rate", help="threshold t = mu + c_rate * std")
-    g.add_argument("--gamma", help="sigma(iter) = (1 + gamma * iter)^-power")
-    g.add_argument("--power")
-    g.add_argument("--iter-stop", dest="iter_stop", help="no mask updates from this iteration on")
-    g.add_argument("--reading", default="caffe", choices=["caffe", "distiller"])
-    g.add_argument("--update-every", type=int, default=1, help="distiller reading: update every k iterations")
-    g.add_argument("--sensitivity-multiplier", type=float, default=0.0,
-                   help="distiller reading: c_rate grows by this factor per epoch")
 
 
 def cmd_golden(args) -> int:
     from refdns.datasets import load_mnist
     from refdns.golden import write_golden
-    from refdns.nets import get_spec
 
+    check_outputs({"--out": args.out, "--json": args.json}, force=args.force)
     spec = get_spec(args.net)
     x, y = load_mnist("train", dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download)
+    if args.batch_size > len(x):
+        raise ConfigError(f"--batch-size {args.batch_size} is larger than the {len(x):,} training images")
     summary = write_golden(args.out, spec, args.method, args.steps, x, y, seed=args.seed,
                            batch_size=args.batch_size, max_elements=args.max_elements, dataset=args.dataset)
     size = Path(args.out).stat().st_size
@@ -477,8 +304,7 @@ def cmd_golden(args) -> int:
     for t, loss in enumerate(summary["loss"]):
         extra = ""
         if summary["fired"]:
-            extra = (f"  fired {summary['fired'][t]}  pruned {summary['pruned'][t]}  "
-                     f"spliced {summary['spliced'][t]}")
+            extra = f"  fired {summary['fired'][t]}  pruned {summary['pruned'][t]}  spliced {summary['spliced'][t]}"
         print(f"  step {t}: loss {loss:.6f}{extra}")
     if args.json:
         write_json(args.json, summary | {"file": str(args.out), "bytes": size, "net": spec.name,
@@ -489,31 +315,30 @@ def cmd_golden(args) -> int:
 def cmd_verify(args) -> int:
     from refdns.golden import format_report, verify
 
+    check_inputs({"golden": args.golden, "candidate": args.candidate})
+    check_outputs({"--json": args.json}, inputs={"golden": args.golden, "candidate": args.candidate},
+                  force=args.force)
     report = verify(args.golden, args.candidate)
     print(format_report(report))
     if args.json:
         write_json(args.json, {"ok": report.ok, "golden": report.golden, "candidate": report.candidate,
                                "divergence": None if report.ok else {"step": report.divergence[0],
                                                                      "tensor": report.divergence[1]},
-                               "tensors": [{"name": r.name, "dtype": r.dtype, "steps": r.steps,
-                                            "max_abs": r.max_abs, "max_rel": r.max_rel,
-                                            "first_bad_step": r.first_bad_step,
-                                            "first_bad_index": r.first_bad_index, "ok": r.ok, "note": r.note}
-                                           for r in report.tensors]})
+                               "tensors": [dataclasses.asdict(r) for r in report.tensors]})
     return 0 if report.ok else 1
 
 
 def cmd_import(args) -> int:
-    import numpy as np
-
-    from refdns import checkpoint
     from refdns.interchange import read_npz
-    from refdns.nets import get_spec
     from refdns.train import TrainConfig, new_run
 
+    check_inputs({"npz": args.npz})
+    check_outputs({"--out": args.out}, inputs={"npz": args.npz}, force=args.force)
     spec = get_spec(args.net)
     params = read_npz(args.npz, spec)
     masks = {k: w != 0 for k, w in params.items()} if args.mask_from_zeros else None
+    if args.batch_size > args.n_train:
+        raise ConfigError(f"--batch-size {args.batch_size} is larger than --n-train {args.n_train}")
     state = new_run(spec, args.n_train, TrainConfig(batch_size=args.batch_size), seed=args.seed,
                     params=params, masks=masks)
     config = {"net": spec.name, "seed": args.seed, "imported_from": str(args.npz),
@@ -526,24 +351,24 @@ def cmd_import(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from refdns import checkpoint
     from refdns.interchange import write_npz
     from refdns.train import effective_params
 
+    check_inputs({"checkpoint": args.checkpoint})
+    check_outputs({"--out": args.out}, inputs={"checkpoint": args.checkpoint}, force=args.force)
     st = checkpoint.load(args.checkpoint).state
-    params = st.params if args.raw else effective_params(st.params, st.masks)
-    write_npz(args.out, params)
+    write_npz(args.out, st.params if args.raw else effective_params(st.params, st.masks))
     what = "raw W (pruned entries keep their values)" if args.raw else "W * mask (pruned entries are 0)"
     print(f"exported {args.checkpoint} ({st.spec.name}) to {args.out}: {what}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from refdns import checkpoint
     from refdns.datasets import load_mnist
-    from refdns.pipeline import layer_table
     from refdns.train import evaluate
 
+    check_inputs({"checkpoint": args.checkpoint})
+    check_outputs({"--json": args.json}, inputs={"checkpoint": args.checkpoint}, force=args.force)
     ck = checkpoint.load(args.checkpoint)
     x, y = load_mnist("test", dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download)
     err = evaluate(ck.state, x, y)
@@ -559,125 +384,213 @@ def cmd_eval(args) -> int:
         total = rows[-1]
         write_json(args.json, {"checkpoint": str(args.checkpoint), "net": ck.state.spec.name,
                                "method": ck.method, "dataset": args.dataset, "test_error": err,
-                               "kept": total["kept"],
-                               "total": total["params"], "kept_fraction": total["kept_fraction"],
+                               "kept": total["kept"], "total": total["params"],
+                               "kept_fraction": total["kept_fraction"],
                                "layers": {r["layer"]: {"kept": r["kept"], "total": r["params"],
                                                        "kept_weights": r["kept_weights"],
                                                        "kept_biases": r["kept_biases"]} for r in rows[:-1]}})
     return 0
 
 
-def _add_prune_args(p: argparse.ArgumentParser) -> None:
+def cmd_infer(args) -> int:
+    import time
+
+    from refdns.datasets import load_mnist
+    from refdns.nets.sequential import predict
+    from refdns.sparse import SparseNet, format_storage
+    from refdns.train import effective_params
+
+    check_inputs({"checkpoint": args.checkpoint})
+    check_outputs({"--json": args.json}, inputs={"checkpoint": args.checkpoint}, force=args.force)
+    ck = checkpoint.load(args.checkpoint)
+    st = ck.state
+    x_test, y_test = load_mnist("test", dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download)
+    storage = None
+    if args.sparse:
+        net = SparseNet.from_params(st.spec, st.params, st.masks)
+        storage = net.storage()
+        net.predict(x_test[:2], batch_size=1)  # compile (or load the cached kernels) outside the timing
+        t0 = time.perf_counter()
+        pred = net.predict(x_test, batch_size=args.batch_size)
+    else:
+        params = effective_params(st.params, st.masks)
+        t0 = time.perf_counter()
+        pred = predict(st.spec, params, x_test, batch_size=args.batch_size)
+    seconds = time.perf_counter() - t0
+    test_error = float(np.mean(pred != y_test))
+    mode = "sparse" if args.sparse else "dense"
+    if storage is not None:
+        print(format_storage(storage) + "\n")
+    print(f"{st.spec.name} ({ck.method}, {args.checkpoint}): {mode} test error {100 * test_error:.2f}% on "
+          f"{len(y_test):,} images in {seconds:.2f} s ({len(y_test) / seconds:,.0f} images/s, "
+          f"batch {args.batch_size})")
+    if args.json:
+        out = {"net": st.spec.name, "checkpoint": str(args.checkpoint), "method": ck.method, "mode": mode,
+               "dataset": args.dataset, "test_error": test_error, "n_test": int(len(y_test)),
+               "errors": int(np.sum(pred != y_test)), "seconds": seconds, "batch_size": args.batch_size,
+               "predictions_sha256": hashlib.sha256(pred.astype("<i8").tobytes()).hexdigest()}
+        if storage is not None:
+            out["storage"] = storage
+        write_json(args.json, out)
+    return 0
+
+
+# ---- the parser ----------------------------------------------------------------------------------------
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every default (``%(default)s``) and keeps the description's line breaks."""
+
+
+def _data_args(p) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", help="folder holding mnist/ (and fashion-mnist/); unset: $REFDNS_DATA, then "
+                   "the user cache, then a checked download")
+    g.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"], help="which image set")
+    g.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
+
+
+def _output_args(p, *, json_help: str = "also write the final figures as JSON") -> None:
+    p.add_argument("--json", metavar="FILE", help=json_help)
+    p.add_argument("--force", action="store_true", help="overwrite output files that exist already")
+
+
+def _run_args(p, *, iterations: int | None, iterations_help: str) -> None:
+    g = p.add_argument_group("solver (Caffe's MNIST recipe unless changed)")
+    g.add_argument("--iterations", type=NATURAL, default=iterations, help=iterations_help)
+    g.add_argument("--batch-size", type=POSITIVE, default=64, help="images per SGD step")
+    g.add_argument("--seed", type=NATURAL, default=0, help="seeds init, batch order and mask draws")
+    g.add_argument("--base-lr", type=_positive_float, default=None,
+                   help="base learning rate (unset: 0.01, Caffe's; for pruning, the recipe's)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    g.add_argument("--lr-policy", default="inv", choices=["inv", "fixed", "step"], help="Caffe lr policy")
+    g.add_argument("--test-interval", type=NATURAL, default=1000,
+                   help="iterations between test evaluations (0: at the end only)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    _output_args(p)
+
+
+def _dns_args(p) -> None:
+    g = p.add_argument_group("surgery (per-layer values: one number for every layer, or layer=value,...)")
+    g.add_argument("--recipe", default="refdns", choices=["refdns", "authors"],
+                   help="starting settings: 'authors' = the DNS code's defaults, 'refdns' = the settings that "
+                   "came closest to the paper's table here (README); the flags below override them")
+    g.add_argument("--c-rate", dest="c_rate", help="threshold t = mu + c_rate * std of |w| (the recipe's)")
+    g.add_argument("--gamma", help="surgery probability sigma(iter) = (1 + gamma * iter)^-power (the recipe's)")
+    g.add_argument("--power", help="the exponent of sigma(iter) (the recipe's)")
+    g.add_argument("--iter-stop", dest="iter_stop", help="no mask updates from this iteration on (the recipe's)")
+    g.add_argument("--reading", default=None, choices=["caffe", "distiller"],
+                   help="caffe: the authors' code (default); distiller: Intel Distiller's SplicingPruner")
+    g.add_argument("--update-every", type=POSITIVE, default=None,
+                   help="distiller reading only: update the masks every k iterations (default 1)")
+    g.add_argument("--sensitivity-multiplier", type=float, default=None,
+                   help="distiller reading only: c_rate grows by this factor per epoch (default 0)")
+
+
+def _prune_args(p) -> None:
     g = p.add_argument_group("han / magnitude / random (per-layer values: one number or layer=value,...; "
                              "--iterations = retraining iterations for magnitude and random, 0 = none)")
     g.add_argument("--quality", help="han: final per-layer quality q, prune |w| < q * std(W)")
-    g.add_argument("--rounds", type=int, help="han: prune/retrain rounds (q grows as q * r / rounds)")
-    g.add_argument("--round-iterations", dest="round_iterations", type=int, help="han: retraining per round")
-    g.add_argument("--std", choices=["dense", "kept"],
-                   help="han: std of the dense weights (once) or of the kept")
+    g.add_argument("--rounds", type=POSITIVE, help="han: prune/retrain rounds (q grows as q * r / rounds)")
+    g.add_argument("--round-iterations", dest="round_iterations", type=NATURAL, help="han: retraining per round")
+    g.add_argument("--std", choices=["dense", "kept"], help="han: std of the dense weights (once) or of the kept")
     g.add_argument("--restart-lr", dest="restart_lr", action="store_true", default=None,
                    help="han: every retraining restarts the lr policy (a fresh solver run per round)")
-    g.add_argument("--density",
-                   help="fraction of weights kept (magnitude, random; han: instead of --quality)")
-    g.add_argument("--scope", choices=["layer", "global"],
-                   help="magnitude: per-layer or one global threshold")
+    g.add_argument("--density", help="fraction of weights kept (magnitude, random; han: instead of --quality)")
+    g.add_argument("--scope", choices=["layer", "global"], help="magnitude: per-layer or one global threshold")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from refdns.nets import NETS
-    from refdns.prune.base import reproducible_methods
-
-    parser = argparse.ArgumentParser(prog="refdns", description=__doc__)
+    parser = argparse.ArgumentParser(prog="refdns", description=__doc__, formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"refdns {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected failure")
     sub = parser.add_subparsers(dest="command", required=True)
+    nets = sorted(NETS)
 
-    p = sub.add_parser("train", help="train a dense LeNet on MNIST with Caffe's recipe")
-    p.add_argument("--net", required=True, choices=sorted(NETS))
-    p.add_argument("--out", metavar="FILE", help="checkpoint to write (HDF5); default <net>-dense.h5")
-    _add_run_args(p, iterations=10_000)
-    _add_data_args(p)
-    p.set_defaults(func=cmd_train)
+    def command(name, func, help):
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("dns", help="Dynamic Network Surgery on a trained dense checkpoint")
-    p.add_argument("--net", required=True, choices=sorted(NETS))
+    p = command("train", cmd_train, "train a dense LeNet on MNIST with Caffe's recipe")
+    p.add_argument("--net", required=True, choices=nets)
+    p.add_argument("--out", metavar="FILE", help=f"checkpoint to write (default {DEFAULT_DIR}/<net>-dense.h5)")
+    _run_args(p, iterations=10_000, iterations_help="training iterations")
+    _data_args(p)
+
+    p = command("dns", cmd_dns, "Dynamic Network Surgery on a trained dense checkpoint")
+    p.add_argument("--net", required=True, choices=nets)
     p.add_argument("--from", dest="from_", required=True, metavar="CKPT", help="dense checkpoint to start from")
-    p.add_argument("--out", metavar="FILE", help="checkpoint to write; default <net>-dns.h5")
-    _add_run_args(p, iterations=None)
-    _add_dns_args(p)
-    _add_data_args(p)
-    p.set_defaults(func=cmd_dns)
+    p.add_argument("--out", metavar="FILE", help=f"checkpoint to write (default {DEFAULT_DIR}/<net>-dns.h5)")
+    _run_args(p, iterations=None, iterations_help="surgery iterations (unset: the recipe's)")
+    _dns_args(p)
+    _data_args(p)
 
-    p = sub.add_parser("reproduce", help="the whole pipeline: dense training, then surgery, then the paper's table")
-    p.add_argument("--net", required=True, choices=sorted(NETS))
+    p = command("reproduce", cmd_reproduce, "the whole pipeline: dense training, pruning, the paper's table")
+    p.add_argument("--net", required=True, choices=nets)
     p.add_argument("--method", default="dns", choices=sorted(reproducible_methods()),
-                   help="pruning method (refdns/prune/<method>.py) with its default recipe for the net")
-    p.add_argument("--dense-iterations", type=int, default=10_000)
-    p.add_argument("--dense-from", metavar="CKPT",
-                   help="start from this dense checkpoint instead of training one "
-                   "(its iterations still count in the JSON's `iterations`)")
-    p.add_argument("--out-dir", default=".", help="where the dense and pruned checkpoints go")
-    _add_run_args(p, iterations=None)
-    _add_dns_args(p)
-    _add_prune_args(p)
-    _add_data_args(p)
-    p.set_defaults(func=cmd_reproduce)
+                   help="pruning method (refdns/prune/<method>.py) with its recipe for the net")
+    p.add_argument("--dense-iterations", type=POSITIVE, default=None,
+                   help="iterations of the dense phase (unset: 10,000, Caffe's)")
+    p.add_argument("--dense-from", metavar="CKPT", help="start from this dense checkpoint instead of training "
+                   "one (its iterations still count in the JSON's `iterations`)")
+    p.add_argument("--out-dir", default=str(DEFAULT_DIR), help="where the dense and pruned checkpoints go")
+    _run_args(p, iterations=None, iterations_help="pruning iterations (unset: the recipe's; magnitude and "
+              "random: retraining iterations)")
+    _dns_args(p)
+    _prune_args(p)
+    _data_args(p)
 
-    p = sub.add_parser("golden", help="write a golden step trace (HDF5) for checking another implementation")
-    p.add_argument("--net", required=True, choices=sorted(NETS))
-    p.add_argument("--method", default="dns", choices=["dense", "dns"])
-    p.add_argument("--steps", type=int, default=5)
+    p = command("golden", cmd_golden, "write a golden step trace (HDF5) for checking another implementation")
+    p.add_argument("--net", required=True, choices=nets)
+    p.add_argument("--method", default="dns", choices=["dense", "dns"], help="what the traced steps run")
+    p.add_argument("--steps", type=POSITIVE, default=5, help="training steps to trace")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="trace file to write (HDF5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-elements", type=int, default=1024,
+    p.add_argument("--seed", type=NATURAL, default=0, help="seeds init, batch order and mask draws")
+    p.add_argument("--batch-size", type=POSITIVE, default=8, help="images per traced step")
+    p.add_argument("--max-elements", type=POSITIVE, default=1024,
                    help="per-step tensors larger than this are stored as a strided sample")
-    p.add_argument("--json", metavar="FILE", help="also write the per-step summary as JSON")
-    _add_data_args(p)
-    p.set_defaults(func=cmd_golden)
+    _output_args(p, json_help="also write the per-step summary as JSON")
+    _data_args(p)
 
-    p = sub.add_parser("verify", help="compare a candidate trace with a golden one, tensor by tensor")
-    p.add_argument("golden")
-    p.add_argument("candidate")
-    p.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
-    p.set_defaults(func=cmd_verify)
+    p = command("verify", cmd_verify, "compare a candidate trace with a golden one, tensor by tensor")
+    p.add_argument("golden", help="the golden trace (refdns golden)")
+    p.add_argument("candidate", help="the trace of the implementation being checked")
+    _output_args(p, json_help="also write the comparison as JSON")
 
-    p = sub.add_parser("import", help="make a checkpoint from an .npz weight file (<layer>.weight/.bias)")
-    p.add_argument("npz")
-    p.add_argument("--net", required=True, choices=sorted(NETS))
+    p = command("import", cmd_import, "make a checkpoint from an .npz weight file (<layer>.weight/.bias)")
+    p.add_argument("npz", help=".npz file with <layer>.weight and <layer>.bias arrays in Caffe layouts")
+    p.add_argument("--net", required=True, choices=nets)
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="checkpoint to write")
-    p.add_argument("--mask-from-zeros", action="store_true",
-                   help="mask = the non-zero pattern of the weights")
-    p.add_argument("--seed", type=int, default=0, help="seeds the batch order and mask draws of a later run")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--n-train", type=int, default=60_000,
-                   help="training-set size the batch order is drawn for")
-    p.set_defaults(func=cmd_import)
+    p.add_argument("--mask-from-zeros", action="store_true", help="mask = the non-zero pattern of the weights")
+    p.add_argument("--seed", type=NATURAL, default=0, help="seeds the batch order and mask draws of a later run")
+    p.add_argument("--batch-size", type=POSITIVE, default=64, help="batch size the batch order is drawn for")
+    p.add_argument("--n-train", type=POSITIVE, default=60_000, help="training-set size the batch order is drawn for")
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
 
-    p = sub.add_parser("export", help="write a checkpoint's weights as an .npz file (<layer>.weight/.bias)")
-    p.add_argument("checkpoint")
-    p.add_argument("-o", "--out", required=True, metavar="FILE")
+    p = command("export", cmd_export, "write a checkpoint's weights as an .npz file (<layer>.weight/.bias)")
+    p.add_argument("checkpoint", help="HDF5 checkpoint")
+    p.add_argument("-o", "--out", required=True, metavar="FILE", help=".npz file to write")
     p.add_argument("--raw", action="store_true", help="export W itself instead of W * mask")
-    p.set_defaults(func=cmd_export)
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
 
-    p = sub.add_parser("eval", help="test error and per-layer kept counts of a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("--json", metavar="FILE", help="also write test_error (fraction) and kept counts as JSON")
-    _add_data_args(p)
-    p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("infer", help="test error of a (pruned) checkpoint, dense or with the sparse kernels")
+    p = command("eval", cmd_eval, "test error and per-layer kept counts of a checkpoint")
+    p.add_argument("checkpoint", help="HDF5 checkpoint")
+    _output_args(p, json_help="also write test_error (a fraction) and kept counts as JSON")
+    _data_args(p)
+
+    p = command("infer", cmd_infer, "test error of a (pruned) checkpoint, dense or with the sparse kernels")
     p.add_argument("checkpoint", help="HDF5 checkpoint written by train, dns or any pruning method")
     p.add_argument("--sparse", action="store_true",
                    help="run the CSR kernels on w * mask (and print the storage report) instead of dense NumPy")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--json", metavar="FILE", help="also write test_error (a fraction) and the figures as JSON")
-    _add_data_args(p)
-    p.set_defaults(func=cmd_infer)
+    p.add_argument("--batch-size", type=POSITIVE, default=1000, help="images per forward pass")
+    _output_args(p, json_help="also write test_error (a fraction) and the figures as JSON")
+    _data_args(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     from refdns.perf import tune_malloc
 
     tune_malloc()
@@ -689,6 +602,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("refdns: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not a bad input: say so, and keep the traceback for --debug
+        if args.debug:
+            raise
+        print(f"refdns: internal error: {type(e).__name__}: {e}\n(this is a bug in refdns; rerun with --debug "
+              "for the traceback and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -75,3 +75,8 @@ class InterchangeError(RefdnsError, ValueError):
 
 class SparseFormatError(RefdnsError, ValueError):
     """A sparse (CSR) matrix is malformed: wrong index dtype, lengths, pointers or out-of-range columns."""
+
+
+class OutputError(RefdnsError, ValueError):
+    """An output path would overwrite an input or another output, is not a regular file, already exists
+    without ``--force``, or cannot be written."""

@@ -1,25 +1,33 @@
 """Whole experiments: dense pre-training, then a pruning method, then the paper-form summary.
 
-The CLI's ``train``, ``dns`` and ``reproduce`` commands are thin wrappers around these functions, so a script
-can run the very same pipeline (``validate/reproduce_dns.py`` does).
+An :class:`Experiment` says what to run (net, dataset, seed, the dense phase or a dense checkpoint to start
+from, a pruning method with its config, the pruning phase's solver); :func:`reproduce` runs it and returns a
+:class:`Result`. The command line (:mod:`refdns.cli`) only turns argv into an Experiment and prints; the
+scripts in validate/ call :func:`reproduce` directly. Nothing here prints: progress goes to the callbacks.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from refdns.config import to_dict
+from refdns import checkpoint
+from refdns.config import check_number, to_dict
+from refdns.datasets import DATASETS, load_mnist
+from refdns.errors import ConfigError
+from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod
+from refdns.optim import SGDConfig
+from refdns.prune.base import PruningMethod, methods, reproducible_methods
 from refdns.train import RunState, TrainConfig, evaluate, new_run, train
 
-# Iterations of surgery the DNS paper reports (Section 4.1): 16K for LeNet-5, 25K for LeNet-300-100.
-PAPER_SURGERY_ITERATIONS = {"lenet-5": 16_000, "lenet-300-100": 25_000}
+# Caffe's MNIST LeNet solver: the dense phase of every experiment unless it says otherwise.
+CAFFE_DENSE = TrainConfig()
 
 
 @dataclass
@@ -30,26 +38,103 @@ class Data:
     y_test: np.ndarray
 
 
-def run_training(
-    spec: NetSpec,
-    data: Data,
-    cfg: TrainConfig,
+def load_data(dataset: str = "mnist", *, data_dir: str | None = None, download: bool = True) -> Data:
+    """The training and test sets of ``dataset`` (see :func:`refdns.datasets.load_mnist`)."""
+    kw = dict(dataset=dataset, data_dir=data_dir, download=download)
+    return Data(*load_mnist("train", **kw), *load_mnist("test", **kw))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment, fully resolved: what :func:`reproduce` runs.
+
+    ``method=None`` is dense training only. ``dense_from`` names a dense checkpoint to start from instead of
+    running the dense phase ``dense``. ``train`` is the pruning phase's solver (length, lr, batch).
+    Build one from a method's recipe with :func:`experiment`.
+    """
+
+    net: str
+    method: PruningMethod | None = None
+    train: TrainConfig = CAFFE_DENSE
+    dense: TrainConfig = CAFFE_DENSE
+    dense_from: str | None = None
+    dataset: str = "mnist"
+    seed: int = 0
+
+    def __post_init__(self):
+        get_spec(self.net)
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"dataset={self.dataset!r} must be one of {sorted(DATASETS)}")
+        check_number("seed", self.seed, lo=0, integer=True)
+        if self.method is not None and not isinstance(self.method, PruningMethod):
+            raise ConfigError(f"method must be a PruningMethod, got {type(self.method).__name__}")
+        if self.dense.iterations < 1 and self.dense_from is None:
+            raise ConfigError("the dense phase needs at least 1 iteration (or start from a dense checkpoint)")
+
+    @property
+    def spec(self) -> NetSpec:
+        return get_spec(self.net)
+
+    @property
+    def method_name(self) -> str:
+        return "dense" if self.method is None else self.method.name
+
+
+def experiment(
+    net: str,
+    method: str | None = "dns",
     *,
-    seed: int,
-    method: PruningMethod | None = None,
-    params: dict[str, np.ndarray] | None = None,
-    masks: dict[str, np.ndarray] | None = None,
-    on_step: Callable | None = None,
-    on_test: Callable | None = None,
-) -> tuple[RunState, float]:
-    """Train from ``params`` (or xavier init) and return the state and the wall time in seconds."""
-    state = new_run(spec, len(data.x_train), cfg, seed=seed, params=params, masks=masks)
-    t0 = time.perf_counter()
-    if method is not None and cfg.iterations == 0:
-        prune_without_training(state, method)
-    train(state, data.x_train, data.y_train, cfg, method=method, x_test=data.x_test, y_test=data.y_test,
-          on_step=on_step, on_test=on_test)
-    return state, time.perf_counter() - t0
+    recipe: str = "refdns",
+    overrides: dict[str, Any] | None = None,
+    iterations: int | None = None,
+    sgd: dict[str, Any] | None = None,
+    batch_size: int = 64,
+    test_interval: int = 1_000,
+    dense_iterations: int = 10_000,
+    dense_from: str | None = None,
+    dataset: str = "mnist",
+    seed: int = 0,
+) -> Experiment:
+    """An :class:`Experiment` from a method's recipe for ``net`` with the given settings changed.
+
+    ``overrides`` change fields of the method's config; ``iterations`` the pruning phase's length (default:
+    the recipe's, or the method's own schedule); ``sgd`` fields of the pruning phase's solver (``base_lr``
+    defaults to the recipe's). The dense phase always follows Caffe's recipe (lr 0.01), with the same batch
+    size, test interval, momentum, weight decay and lr policy.
+    """
+    sgd = dict(sgd or {})
+    dense_sgd = {k: v for k, v in sgd.items() if k != "base_lr"}
+    dense = TrainConfig(iterations=dense_iterations, batch_size=batch_size, test_interval=test_interval,
+                        sgd=SGDConfig(**dense_sgd))
+    if method in (None, "dense"):
+        if overrides or recipe != "refdns":
+            raise ConfigError("method settings and --recipe need a pruning method")
+        return Experiment(net, None, dense, dense, dense_from, dataset, seed)
+    known = methods()
+    if method not in known:
+        raise ConfigError(f"method={method!r} is not one of {sorted(known)}")
+    if method not in reproducible_methods():
+        raise ConfigError(f"method {method!r} has no recipe (it needs Hessian data; see validate/obd_obs_study.py)")
+    cls = known[method]
+    rec = cls.recipe(net, recipe)
+    pruner = cls(rec.config).with_overrides(**(overrides or {}))
+    if iterations is None:
+        scheduled = pruner.schedule_iterations()
+        iterations = scheduled if scheduled is not None else rec.iterations
+    if iterations is None:
+        raise ConfigError(f"method {method!r} needs the pruning phase's length (iterations)")
+    sgd.setdefault("base_lr", rec.base_lr)
+    cfg = TrainConfig(iterations=iterations, batch_size=batch_size, test_interval=test_interval,
+                      sgd=SGDConfig(**sgd))
+    return Experiment(net, pruner, cfg, dense, dense_from, dataset, seed)
+
+
+def run_config(spec: NetSpec, dataset: str, seed: int, cfg: TrainConfig, method: PruningMethod | None) -> dict:
+    """The full configuration of a run, as stored in its checkpoint and JSON."""
+    out: dict[str, Any] = {"net": spec.name, "dataset": dataset, "seed": seed, "train": to_dict(cfg)}
+    if method is not None:
+        out["method"] = method.config_dict()
+    return out
 
 
 def prune_without_training(state: RunState, method: PruningMethod) -> None:
@@ -65,6 +150,130 @@ def prune_without_training(state: RunState, method: PruningMethod) -> None:
         for k, m in state.masks.items():
             state.params[k] *= m
             state.velocity[k] *= m
+
+
+def run_training(
+    spec: NetSpec,
+    data: Data,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    method: PruningMethod | None = None,
+    params: dict[str, np.ndarray] | None = None,
+    masks: dict[str, np.ndarray] | None = None,
+    on_step: Callable | None = None,
+    on_test: Callable | None = None,
+) -> tuple[RunState, float]:
+    """Train from ``params`` (or xavier init) and return the state and the wall time in seconds.
+
+    Zero iterations change nothing, except that a one-shot method (``method.one_shot``: magnitude, random,
+    OBD, OBS) applies its masks: pruning without retraining.
+    """
+    state = new_run(spec, len(data.x_train), cfg, seed=seed, params=params, masks=masks)
+    t0 = time.perf_counter()
+    if method is not None and cfg.iterations == 0 and method.one_shot:
+        prune_without_training(state, method)
+    train(state, data.x_train, data.y_train, cfg, method=method, x_test=data.x_test, y_test=data.y_test,
+          on_step=on_step, on_test=on_test)
+    return state, time.perf_counter() - t0
+
+
+def final_test_error(state: RunState, data: Data) -> float:
+    """The test error of the state as it is (the last one the run measured, if it was measured now)."""
+    hist = state.history.test_error
+    if hist and hist[-1][0] == state.iteration:
+        return hist[-1][1]
+    return evaluate(state, data.x_test, data.y_test)
+
+
+@dataclass
+class Phase:
+    """One training phase of an experiment: ``dense`` or the pruning method's."""
+
+    name: str
+    state: RunState
+    config: dict[str, Any]
+    test_error: float
+    seconds: float | None  # None: reused from a checkpoint, not measured here
+    checkpoint: Path | None = None
+
+    @property
+    def iterations(self) -> int:
+        return self.state.iteration
+
+
+@dataclass
+class Result:
+    """What :func:`reproduce` returns: the phases, the paper-form summary and the wall time."""
+
+    experiment: Experiment
+    dense: Phase
+    pruned: Phase | None = None
+    seconds: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> Phase:
+        return self.pruned or self.dense
+
+    @property
+    def iterations(self) -> int:
+        """Every training iteration the result cost, dense included."""
+        return self.dense.iterations + (self.pruned.iterations if self.pruned else 0)
+
+
+def reproduce(
+    exp: Experiment,
+    data: Data,
+    *,
+    dense_out: str | Path | None = None,
+    out: str | Path | None = None,
+    dense_state: RunState | None = None,
+    on_phase: Callable[[str, Experiment, TrainConfig], None] | None = None,
+    on_step: Callable | None = None,
+    on_test: Callable | None = None,
+) -> Result:
+    """Run an experiment: the dense phase (or its checkpoint, or ``dense_state``), then the pruning method.
+
+    Checkpoints go to ``dense_out`` (the dense phase, when it runs) and ``out`` (the final net), written
+    atomically at the end of each phase. ``on_phase(name, exp, cfg)`` is called as each phase starts;
+    ``on_step`` and ``on_test`` as in :func:`refdns.train.train`.
+    """
+    spec = exp.spec
+    t0 = time.perf_counter()
+    if dense_state is None and exp.dense_from is not None:
+        ck = checkpoint.load(exp.dense_from)
+        if ck.state.spec.name != spec.name:
+            raise ConfigError(f"{exp.dense_from} holds a {ck.state.spec.name}, not a {spec.name}")
+        dense_state = ck.state
+    if dense_state is not None:
+        dense = Phase("dense", dense_state, {}, evaluate(dense_state, data.x_test, data.y_test), None,
+                      Path(exp.dense_from) if exp.dense_from else None)
+    else:
+        if on_phase is not None:
+            on_phase("dense", exp, exp.dense)
+        state, seconds = run_training(spec, data, exp.dense, seed=exp.seed, on_step=on_step, on_test=on_test)
+        config = run_config(spec, exp.dataset, exp.seed, exp.dense, None)
+        path = dense_out if exp.method is not None else out
+        if path is not None:
+            checkpoint.save(path, state, method="dense", config=config)
+        dense = Phase("dense", state, config, final_test_error(state, data), seconds,
+                      Path(path) if path is not None else None)
+    result = Result(exp, dense)
+    if exp.method is not None:
+        if on_phase is not None:
+            on_phase(exp.method.name, exp, exp.train)
+        state, seconds = run_training(spec, data, exp.train, seed=exp.seed, method=exp.method,
+                                      params=dense.state.params, masks=dense.state.masks, on_step=on_step,
+                                      on_test=on_test)
+        config = run_config(spec, exp.dataset, exp.seed, exp.train, exp.method)
+        if out is not None:
+            checkpoint.save(out, state, method=exp.method.name, config=config)
+        result.pruned = Phase(exp.method.name, state, config, final_test_error(state, data), seconds,
+                              Path(out) if out is not None else None)
+        result.summary = pruning_summary(spec, state.masks, dense.test_error, result.pruned.test_error)
+    result.seconds = time.perf_counter() - t0
+    return result
 
 
 def layer_table(spec: NetSpec, masks: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -84,11 +293,11 @@ def layer_table(spec: NetSpec, masks: dict[str, np.ndarray]) -> list[dict[str, A
     return rows
 
 
-def pruning_summary(spec: NetSpec, state: RunState, dense_error: float, x_test, y_test) -> dict[str, Any]:
+def pruning_summary(spec: NetSpec, masks: dict[str, np.ndarray], dense_error: float,
+                    test_error: float) -> dict[str, Any]:
     """The figures of the paper's Table 1 for one pruned run, machine-readable."""
-    rows = layer_table(spec, state.masks)
+    rows = layer_table(spec, masks)
     total = rows[-1]
-    test_error = evaluate(state, x_test, y_test)
     return {
         "net": spec.name,
         "dense_test_error": dense_error,
@@ -116,11 +325,6 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def churn_history(state: RunState) -> list[dict[str, Any]]:
-    """Mask-update records with the density added (the per-update prune/splice history of a DNS run)."""
-    return [r | {"density": r["kept"] / r["total"]} for r in state.history.mask_updates]
-
-
 def churn_by_interval(state: RunState, interval: int = 1000) -> list[dict[str, Any]]:
     """Per layer and per ``interval`` iterations: updates, connections pruned and spliced, density at the end."""
     buckets: dict[tuple[int, str], dict[str, Any]] = {}
@@ -135,58 +339,45 @@ def churn_by_interval(state: RunState, interval: int = 1000) -> list[dict[str, A
     return [buckets[k] for k in sorted(buckets)]
 
 
-def run_config(spec: NetSpec, dataset: str, seed: int, cfg: TrainConfig, method: PruningMethod | None) -> dict:
-    """The full configuration of a run, as stored in its checkpoint and JSON."""
-    out: dict[str, Any] = {"net": spec.name, "dataset": dataset, "seed": seed, "train": to_dict(cfg)}
-    if method is not None:
-        out["method"] = method.config_dict()
+def phase_json(phase: Phase, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON figures of one phase (what ``refdns train`` / ``refdns dns`` write with ``--json``)."""
+    st = phase.state
+    out = (summary or {}) | {
+        "test_error": phase.test_error,
+        "iterations": st.iteration,
+        "seconds": phase.seconds,
+        "checkpoint": None if phase.checkpoint is None else str(phase.checkpoint),
+        "config": phase.config,
+        "test_error_history": st.history.test_error,
+    }
+    if phase.name == "dense":
+        return out | {"net": st.spec.name, "dataset": phase.config.get("dataset"), "seed": phase.config.get("seed")}
+    cfg = phase.config["train"]
+    out |= {"method_state": {k: np.asarray(v).tolist() for k, v in st.method_state.items()},
+            "mask_updates": [dict(r) for r in st.history.mask_updates],
+            "churn": churn_by_interval(st, interval=max(cfg["iterations"] // 10, 1))}
+    if phase.name == "dns":
+        out["thresholds"] = {k: float(v) for k, v in st.method_state.items()}
     return out
 
 
-@dataclass(frozen=True)
-class SurgeryRecipe:
-    """Everything a DNS run needs beyond the dense model: per-layer settings, the solver's base lr, length."""
-
-    dns: Any  # refdns.prune.dns.DNSConfig
-    base_lr: float
-    iterations: int
-    note: str = ""
-
-
-def surgery_recipe(net: str, *, recipe: str = "refdns") -> SurgeryRecipe:
-    """Settings to start a surgery run from.
-
-    ``"authors"``: the defaults of the authors' code (:func:`refdns.prune.dns.default_config`), Caffe's
-    base lr 0.01 and the paper's iteration counts (16K LeNet-5, 25K LeNet-300-100).
-    ``"refdns"``: the settings refdns found closest to the paper's Table 1 on MNIST (searched on the test
-    set, as the paper's were; every run tried is listed in validate/results/dns_tuning.md). They differ
-    from the authors' only as stated in ``note``.
-    """
-    import dataclasses
-
-    from refdns.errors import ConfigError
-    from refdns.prune.dns import default_config
-
-    if recipe not in ("refdns", "authors"):
-        raise ConfigError(f"recipe={recipe!r} must be 'refdns' or 'authors'")
-    base = default_config(net)
-    authors = SurgeryRecipe(base, 0.01, PAPER_SURGERY_ITERATIONS[net], "the authors' defaults")
-    if recipe == "authors":
-        return authors
-    if net == "lenet-300-100":
-        c = {"ip1": 5.0, "ip2": 3.5, "ip3": 2.5}
-        layers = {n: dataclasses.replace(lc, c_rate=c[n], iter_stop=20_000) for n, lc in base.layers.items()}
-        return SurgeryRecipe(dataclasses.replace(base, layers=layers), 0.02, 40_000,
-                             "c_rate 5.0/3.5/2.5 (authors 3), iter_stop 20,000 (8,000), base lr 0.02 (0.01), "
-                             "40K iterations (paper 25K)")
-    # LeNet-5: the first author's per-layer values, with conv1, conv2 and ip1 cut harder, Caffe's lr doubled.
-    c = {"conv1": 1.5, "conv2": 3.3, "ip1": 4.8, "ip2": 2.5}
-    layers = {n: dataclasses.replace(lc, c_rate=c[n]) for n, lc in base.layers.items()}
-    return SurgeryRecipe(dataclasses.replace(base, layers=layers), 0.02, 20_000,
-                         "c_rate conv1 1.5 (authors 1), conv2 3.3 (3), ip1 4.8 (4), base lr 0.02 (0.01), "
-                         "20K iterations (paper 16K)")
+def result_json(result: Result) -> dict[str, Any]:
+    """The JSON figures of a whole experiment (``refdns reproduce --json``): the pruned phase's, plus the
+    dense phase's and the totals (``iterations`` counts every training iteration, dense included)."""
+    if result.pruned is None:
+        return phase_json(result.dense)
+    return phase_json(result.pruned, result.summary) | {
+        "method": result.pruned.name,
+        "seconds": result.seconds,
+        "dense_seconds": result.dense.seconds,
+        "pruning_seconds": result.pruned.seconds,
+        "pruning_iterations": result.pruned.iterations,
+        "dense_iterations": result.dense.iterations,
+        "iterations": result.iterations,
+        "dense_checkpoint": None if result.dense.checkpoint is None else str(result.dense.checkpoint),
+    }
 
 
-def dns_recipe(net: str, *, recipe: str = "refdns"):
-    """The per-layer DNS settings of :func:`surgery_recipe` (a :class:`~refdns.prune.dns.DNSConfig`)."""
-    return surgery_recipe(net, recipe=recipe).dns
+def with_train(exp: Experiment, **changes: Any) -> Experiment:
+    """``exp`` with its pruning phase's TrainConfig changed (e.g. ``iterations=500``)."""
+    return replace(exp, train=replace(exp.train, **changes))

@@ -36,7 +36,7 @@ def test_nonsense_setting_gives_a_clear_error_and_writes_nothing(tmp_path):
     out = tmp_path / "m.h5"
     r = run_cli("train", "--net", "lenet-5", "--base-lr", "-1", "--out", str(out))
     assert r.returncode == 2
-    assert "base_lr=-1.0 must be > 0" in r.stderr
+    assert "argument --base-lr: -1.0 must be a finite number > 0" in r.stderr
     assert not out.exists()
 
 

@@ -13,32 +13,85 @@ A method owns two decisions and nothing else:
 The training loop (:mod:`refdns.train`) applies the mask to form ``w_eff = w * mask``, runs the hand-written
 forward/backward on ``w_eff`` and then follows the method's gradient rule. Adding a method means adding one
 file in :mod:`refdns.prune` with a frozen config and a subclass of :class:`PruningMethod` that sets ``name``
-and implements :meth:`PruningMethod.recipe`; :func:`methods` finds it (so ``refdns reproduce --method NAME``
+and ``config_type`` and implements its rule (and, to be offered by ``reproduce``, :meth:`PruningMethod.recipe`);
+everything else (construction, ``config_dict``, overrides) is written once in the base. :func:`methods` finds it (so ``refdns reproduce --method NAME``
 runs it with no edit elsewhere), and :meth:`PruningMethod.schedule_iterations` tells the pipeline how long
 the method trains when its schedule fixes that (Han's rounds; 0 for a one-shot prune without retraining).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from refdns.config import to_dict
+from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A method's default settings for a net: its config, plus the solver's base lr and the pruning phase's
+    length (``iterations=None``: the method's own schedule decides, see
+    :meth:`PruningMethod.schedule_iterations`). ``note`` says how it differs from the paper's or authors'."""
+
+    config: Any
+    base_lr: float = 0.01
+    iterations: int | None = None
+    note: str = ""
+
+
 class PruningMethod:
-    """Base class: no pruning (all-ones masks, nothing ever changes)."""
+    """Base class: no pruning (all-ones masks, nothing ever changes).
+
+    A subclass sets ``name``, ``config_type`` (its frozen config dataclass) and ``grad_through_mask``, and
+    implements its rule in :meth:`update_masks`; construction, :meth:`config_dict` and
+    :meth:`with_overrides` are written once, here. Default settings per net come from :meth:`recipe`, whose
+    ``variants`` name the recipes a method offers (``"refdns"`` first, the default).
+    """
 
     name: str = "dense"
     grad_through_mask: bool = True
+    config_type: type | None = None
+    variants: tuple[str, ...] = ("refdns",)
+    # A one-shot method sets its masks once, before training; a run of zero iterations still applies them
+    # (pruning without retraining). Any other method changes nothing in zero iterations.
+    one_shot: bool = False
+
+    def __init__(self, config: Any = None):
+        if self.config_type is not None and not isinstance(config, self.config_type):
+            raise TypeError(f"config must be a {self.config_type.__name__}, got {type(config).__name__}")
+        self.config = config
 
     @classmethod
-    def recipe(cls, net: str) -> PruningMethod:
-        """The method with refdns's default settings for ``net`` (what ``refdns reproduce`` runs)."""
-        raise NotImplementedError(f"{cls.__name__} has no default recipe for {net!r}")
+    def recipe(cls, net: str, variant: str = "refdns") -> Recipe:
+        """refdns's default settings for ``net`` (what ``refdns reproduce`` runs)."""
+        raise ConfigError(f"method {cls.name!r} has no default recipe for {net!r}")
+
+    @classmethod
+    def from_recipe(cls, net: str, variant: str = "refdns") -> PruningMethod:
+        """The method configured with :meth:`recipe`'s settings."""
+        return cls(cls.recipe(net, variant).config)
+
+    def with_overrides(self, **changes: Any) -> PruningMethod:
+        """A copy of the method whose config has ``changes`` applied (validated by the config itself)."""
+        if not changes:
+            return self
+        return self._rebuild(dataclasses.replace(self.config, **changes))
+
+    def _rebuild(self, config: Any) -> PruningMethod:
+        return type(self)(config)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The method's full configuration, JSON-ready, stored in every checkpoint."""
+        if self.config is None:
+            return {}
+        return to_dict(self.config) | {"method": self.name}
 
     def schedule_iterations(self) -> int | None:
         """Training iterations the method's own schedule needs, or None when the caller chooses (DNS)."""
@@ -47,10 +100,6 @@ class PruningMethod:
     def lr_iteration(self, iteration: int) -> int:
         """The iteration the lr policy reads at ``iteration`` (Han: each retraining restarts the policy)."""
         return iteration
-
-    def config_dict(self) -> dict[str, Any]:
-        """The method's full configuration, JSON-ready, stored in every checkpoint."""
-        return {}
 
     def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Method state arrays (saved in checkpoints). Called once when a run starts."""
@@ -95,13 +144,15 @@ def reproducible_methods() -> dict[str, type[PruningMethod]]:
     return {n: c for n, c in methods().items() if c.recipe.__func__ is not PruningMethod.recipe.__func__}
 
 
+def check_variant(cls: type[PruningMethod], variant: str) -> None:
+    """Refuse a recipe variant the method does not offer, naming the ones it does."""
+    if variant not in cls.variants:
+        raise ConfigError(f"recipe {variant!r} does not exist for --method {cls.name}; it offers {list(cls.variants)}")
+
+
 def all_ones_masks(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A bool mask of ones for every parameter (weights and biases)."""
     return {k: np.ones(v.shape, dtype=bool) for k, v in params.items()}
-
-
-def kept_counts(masks: dict[str, np.ndarray]) -> dict[str, int]:
-    return {k: int(np.count_nonzero(m)) for k, m in masks.items()}
 
 
 class OneShotOnData(PruningMethod):
@@ -113,18 +164,17 @@ class OneShotOnData(PruningMethod):
 
     name = ""  # an abstract base, not a method of its own (methods() skips it)
     grad_through_mask = False
-    config_type: type = object
+    one_shot = True
 
     def __init__(self, config, x: np.ndarray, y: np.ndarray):
-        if not isinstance(config, self.config_type):
-            raise TypeError(f"config must be an {self.config_type.__name__}, got {type(config).__name__}")
-        self.config = config
+        super().__init__(config)
         self.x, self.y = x, y
 
-    def config_dict(self) -> dict[str, Any]:
-        from refdns.config import to_dict
+    def _rebuild(self, config) -> OneShotOnData:
+        return type(self)(config, self.x, self.y)
 
-        return to_dict(self.config) | {"method": self.name, "hessian_samples": len(self.x)}
+    def config_dict(self) -> dict[str, Any]:
+        return super().config_dict() | {"hessian_samples": len(self.x)}
 
     def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.spec = spec

@@ -22,18 +22,20 @@ at 0, prune where |w| < a and splice where |w| >= b, masks updated deterministic
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from refdns.config import check_number, to_dict
+from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.kernels.hysteresis import hysteresis_update
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod
+from refdns.prune.base import PruningMethod, Recipe, check_variant
 
 READINGS = ("caffe", "distiller")
+# Iterations of surgery the DNS paper reports (Section 4.1): 16K for LeNet-5, 25K for LeNet-300-100.
+PAPER_SURGERY_ITERATIONS = {"lenet-5": 16_000, "lenet-300-100": 25_000}
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class DNSConfig:
         check_number("band[1]", hi, lo=lo)
         check_number("update_every", self.update_every, lo=1, integer=True)
         check_number("sensitivity_multiplier", self.sensitivity_multiplier, lo=0.0)
+        if self.reading == "caffe" and (self.update_every != 1 or self.sensitivity_multiplier != 0):
+            raise ConfigError("update_every and sensitivity_multiplier belong to reading='distiller'; the caffe "
+                              "reading draws its updates at random (gamma, power): drop them or set the reading")
         check_number("iters_per_epoch", self.iters_per_epoch, lo=1, integer=True)
 
     def check_net(self, spec: NetSpec) -> None:
@@ -165,20 +170,35 @@ class DNS(PruningMethod):
     name = "dns"
     grad_through_mask = True  # DNS eq. (2)
 
-    def __init__(self, config: DNSConfig):
-        if not isinstance(config, DNSConfig):
-            raise TypeError(f"config must be a DNSConfig, got {type(config).__name__}")
-        self.config = config
+    config_type = DNSConfig
+    variants = ("refdns", "authors")
 
     @classmethod
-    def recipe(cls, net: str) -> DNS:
-        """DNS with :func:`refdns.pipeline.dns_recipe` (the settings refdns reproduced the paper with)."""
-        from refdns.pipeline import dns_recipe
+    def recipe(cls, net: str, variant: str = "refdns") -> Recipe:
+        """Settings to start a surgery run from.
 
-        return cls(dns_recipe(net))
-
-    def config_dict(self) -> dict[str, Any]:
-        return to_dict(self.config) | {"method": self.name}
+        ``"authors"``: the defaults of the authors' code (:func:`default_config`), Caffe's base lr 0.01 and
+        the paper's iteration counts (16K LeNet-5, 25K LeNet-300-100).
+        ``"refdns"``: the settings refdns found closest to the paper's Table 1 on MNIST (searched on the test
+        set, as the paper's were; every run tried is listed in validate/results/dns_tuning.md). They differ
+        from the authors' only as stated in ``note``.
+        """
+        check_variant(cls, variant)
+        base = default_config(net)
+        if variant == "authors":
+            return Recipe(base, 0.01, PAPER_SURGERY_ITERATIONS[net], "the authors' defaults")
+        if net == "lenet-300-100":
+            c = {"ip1": 5.0, "ip2": 3.5, "ip3": 2.5}
+            layers = {n: replace(lc, c_rate=c[n], iter_stop=20_000) for n, lc in base.layers.items()}
+            return Recipe(replace(base, layers=layers), 0.02, 40_000,
+                          "c_rate 5.0/3.5/2.5 (authors 3), iter_stop 20,000 (8,000), base lr 0.02 (0.01), "
+                          "40K iterations (paper 25K)")
+        # LeNet-5: the first author's per-layer values, with conv1, conv2 and ip1 cut harder, Caffe's lr doubled.
+        c = {"conv1": 1.5, "conv2": 3.3, "ip1": 4.8, "ip2": 2.5}
+        layers = {n: replace(lc, c_rate=c[n]) for n, lc in base.layers.items()}
+        return Recipe(replace(base, layers=layers), 0.02, 20_000,
+                      "c_rate conv1 1.5 (authors 1), conv2 3.3 (3), ip1 4.8 (4), base lr 0.02 (0.01), "
+                      "20K iterations (paper 16K)")
 
     def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.config.check_net(spec)

@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from refdns.config import check_number, to_dict
+from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod
+from refdns.prune.base import PruningMethod, Recipe, check_variant
 from refdns.prune.magnitude import (
     check_densities,
     check_layers,
@@ -194,18 +194,13 @@ class Han(PruningMethod):
 
     name = "han"
     grad_through_mask = False
-
-    def __init__(self, config: HanConfig):
-        if not isinstance(config, HanConfig):
-            raise TypeError(f"config must be a HanConfig, got {type(config).__name__}")
-        self.config = config
+    config_type = HanConfig
 
     @classmethod
-    def recipe(cls, net: str) -> Han:
-        return cls(default_config(net))
-
-    def config_dict(self) -> dict[str, Any]:
-        return to_dict(self.config) | {"method": self.name}
+    def recipe(cls, net: str, variant: str = "refdns") -> Recipe:
+        """refdns's Han recipe (:data:`RECIPES`); the run's length is the schedule's."""
+        check_variant(cls, variant)
+        return Recipe(default_config(net), note="qualities tuned on MNIST (validate/results/han_tuning.md)")
 
     def schedule_iterations(self) -> int:
         return self.config.iterations

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from refdns.config import check_number, to_dict
+from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod
+from refdns.prune.base import PruningMethod, Recipe, check_variant
 
 SCOPES = ("layer", "global")
 
@@ -36,6 +36,14 @@ HAN_PAPER_DENSITIES = {
     "lenet-300-100": {"ip1": 0.08, "ip2": 0.09, "ip3": 0.26},
     "lenet-5": {"conv1": 0.66, "conv2": 0.12, "ip1": 0.08, "ip2": 0.19},
 }
+
+
+def han_paper_densities(net: str) -> dict[str, float]:
+    """:data:`HAN_PAPER_DENSITIES` of ``net``, or a ConfigError naming the nets that have them."""
+    if net not in HAN_PAPER_DENSITIES:
+        raise ConfigError(f"net={net!r}: no default densities (known: {sorted(HAN_PAPER_DENSITIES)}); "
+                          "pass densities={layer: fraction}")
+    return HAN_PAPER_DENSITIES[net]
 
 
 def check_densities(densities: Any, name: str = "densities") -> dict[str, float]:
@@ -204,21 +212,14 @@ class Magnitude(PruningMethod):
 
     name = "magnitude"
     grad_through_mask = False
-
-    def __init__(self, config: MagnitudeConfig):
-        if not isinstance(config, MagnitudeConfig):
-            raise TypeError(f"config must be a MagnitudeConfig, got {type(config).__name__}")
-        self.config = config
+    config_type = MagnitudeConfig
+    one_shot = True
 
     @classmethod
-    def recipe(cls, net: str) -> Magnitude:
+    def recipe(cls, net: str, variant: str = "refdns") -> Recipe:
         """Per layer, at the densities Han et al. report for ``net``, retrained 10,000 iterations."""
-        if net not in HAN_PAPER_DENSITIES:
-            raise ConfigError(f"net={net!r}: no default densities; pass MagnitudeConfig(densities=...)")
-        return cls(MagnitudeConfig(densities=HAN_PAPER_DENSITIES[net]))
-
-    def config_dict(self) -> dict[str, Any]:
-        return to_dict(self.config) | {"method": self.name}
+        check_variant(cls, variant)
+        return Recipe(MagnitudeConfig(densities=han_paper_densities(net)), note="Han et al.'s densities")
 
     def schedule_iterations(self) -> int:
         return self.config.retrain_iterations

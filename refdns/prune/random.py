@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from refdns.config import check_number, to_dict
+from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod
+from refdns.prune.base import PruningMethod, Recipe, check_variant
 from refdns.prune.magnitude import (
-    HAN_PAPER_DENSITIES,
     check_densities,
     check_layers,
+    han_paper_densities,
     kept_count,
     mask_records,
 )
@@ -91,21 +91,14 @@ class RandomPruning(PruningMethod):
 
     name = "random"
     grad_through_mask = False
-
-    def __init__(self, config: RandomConfig):
-        if not isinstance(config, RandomConfig):
-            raise TypeError(f"config must be a RandomConfig, got {type(config).__name__}")
-        self.config = config
+    config_type = RandomConfig
+    one_shot = True
 
     @classmethod
-    def recipe(cls, net: str) -> RandomPruning:
+    def recipe(cls, net: str, variant: str = "refdns") -> Recipe:
         """At the per-layer densities Han et al. report for ``net``, retrained 10,000 iterations."""
-        if net not in HAN_PAPER_DENSITIES:
-            raise ConfigError(f"net={net!r}: no default densities; pass RandomConfig(densities=...)")
-        return cls(RandomConfig(densities=HAN_PAPER_DENSITIES[net]))
-
-    def config_dict(self) -> dict[str, Any]:
-        return to_dict(self.config) | {"method": self.name}
+        check_variant(cls, variant)
+        return Recipe(RandomConfig(densities=han_paper_densities(net)), note="Han et al.'s densities")
 
     def schedule_iterations(self) -> int:
         return self.config.retrain_iterations

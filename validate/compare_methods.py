@@ -8,7 +8,7 @@ or one global threshold, with and without retraining) or a random mask (per laye
 
 Per net, all runs start from one dense net (Caffe recipe, 10,000 iterations, seed 0) and use seed 0:
 
-* ``dns``               :func:`refdns.pipeline.surgery_recipe` (per-layer settings, lr and length);
+* ``dns``               :meth:`refdns.prune.dns.DNS.recipe` (per-layer settings, lr and length);
 * ``han``               :meth:`refdns.prune.han.Han.recipe` (per-layer quality, prune/retrain rounds);
 * ``han@dns``           Han's rule with the thresholds solved for DNS's per-layer densities (same rounds);
 * ``magnitude@X``       one-shot per-layer magnitude at X's per-layer weight densities, retrained for
@@ -37,10 +37,9 @@ import numpy as np
 
 from refdns import checkpoint
 from refdns.atomic import write_bytes
-from refdns.datasets import load_mnist
 from refdns.nets import get_spec
 from refdns.optim import SGDConfig
-from refdns.pipeline import Data, layer_table, run_training, surgery_recipe
+from refdns.pipeline import Experiment, experiment, layer_table, load_data, reproduce
 from refdns.prune.dns import DNS
 from refdns.prune.han import Han
 from refdns.prune.magnitude import Magnitude, MagnitudeConfig
@@ -81,16 +80,16 @@ def dense_start(spec, data, args, log):
                 log(f"{spec.name}: dense net from {path}")
                 return ck.state, None
             log(f"{spec.name}: {path} is not a {iters}-iteration seed-{args.seed} dense net; training one")
-    state, seconds = run_training(spec, data, TrainConfig(iterations=iters, test_interval=0), seed=args.seed)
-    return state, seconds
+    result = reproduce(experiment(spec.name, None, dense_iterations=iters, test_interval=0, seed=args.seed), data)
+    return result.dense.state, result.dense.seconds
 
 
 def run_one(label, spec, data, args, dense, method, iterations, log, base_lr=0.01):
     cfg = TrainConfig(iterations=iterations, test_interval=0, sgd=SGDConfig(base_lr=base_lr))
     t0 = time.perf_counter()
-    state, seconds = run_training(spec, data, cfg, seed=args.seed, method=method, params=dense.params)
+    result = reproduce(Experiment(spec.name, method, cfg, seed=args.seed), data, dense_state=dense)
+    state, seconds, err = result.pruned.state, result.pruned.seconds, result.pruned.test_error
     rows = layer_table(spec, state.masks)
-    err = evaluate(state, data.x_test, data.y_test)
     row = {
         "net": spec.name,
         "method": label,
@@ -130,9 +129,9 @@ def compare_net(net, data, args, log):
         }
     ]
 
-    recipe = surgery_recipe(net)
+    recipe = DNS.recipe(net)
     surgery = 1_500 if args.quick else recipe.iterations
-    dns_cfg = recipe.dns
+    dns_cfg = recipe.config
     if args.quick:  # the schedule squeezed into the short run
         scale = surgery / recipe.iterations
         dns_cfg = dataclasses.replace(
@@ -145,7 +144,7 @@ def compare_net(net, data, args, log):
     row, dns_state = run_one("dns", spec, data, args, dense, DNS(dns_cfg), surgery, log, base_lr=recipe.base_lr)
     rows.append(row)
 
-    han = Han.recipe(net)
+    han = Han.from_recipe(net)
     if args.quick:
         han = Han(dataclasses.replace(han.config, round_iterations=max(han.config.round_iterations // 10, 1)))
     row, han_state = run_one("han", spec, data, args, dense, han, han.schedule_iterations(), log)
@@ -322,7 +321,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    data = Data(*load_mnist("train", data_dir=args.data_dir), *load_mnist("test", data_dir=args.data_dir))
+    data = load_data(data_dir=args.data_dir)
     t0 = time.perf_counter()
     rows = []
     for net in args.nets.split(","):

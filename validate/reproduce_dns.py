@@ -2,7 +2,7 @@
 
     python validate/reproduce_dns.py [--quick] [--net lenet-300-100] [--recipe refdns|authors] [--json FILE]
 
-Runs ``refdns reproduce`` for each net in this process and writes validate/results/reproduce_dns.md (the
+Runs :func:`refdns.pipeline.reproduce` (what ``refdns reproduce`` runs) for each net and writes validate/results/reproduce_dns.md (the
 paper-form tables, targets, wall times) and, with --json, the raw figures. --quick shortens both phases to
 a smoke run (its numbers are not the paper's).
 """
@@ -33,23 +33,19 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--out-dir", help="keep the dense and pruned checkpoints here (default: a temporary folder)")
     args = ap.parse_args()
-    from refdns.cli import main as cli
+    from refdns.pipeline import experiment, load_data, reproduce, result_json
 
+    data = load_data(data_dir=args.data_dir)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
-        tmp = args.out_dir or scratch
+        tmp = Path(args.out_dir or scratch)
         for net in args.net or list(TARGETS):
-            js = Path(scratch) / f"{net}.json"
-            argv = ["reproduce", "--net", net, "--recipe", args.recipe, "--out-dir", tmp, "--json", str(js),
-                    "--no-progress", "--test-interval", "0"]
-            if args.data_dir:
-                argv += ["--data-dir", args.data_dir]
-            if args.quick:
-                argv += ["--dense-iterations", "500", "--iterations", "500"]
-            rc = cli(argv)
-            if rc != 0:
-                return rc
-            results[net] = json.loads(js.read_text())
+            quick = dict(dense_iterations=500, iterations=500) if args.quick else {}
+            exp = experiment(net, "dns", recipe=args.recipe, test_interval=0, **quick)
+            print(f"{net}: dense {exp.dense.iterations} + surgery {exp.train.iterations} iterations",
+                  file=sys.stderr, flush=True)
+            result = reproduce(exp, data, dense_out=tmp / f"{net}-dense.h5", out=tmp / f"{net}-dns.h5")
+            results[net] = result_json(result)
     RESULTS.mkdir(exist_ok=True)
     kind = "quick" if args.quick else "full"
     for net, r in results.items():  # one record per net; the markdown gathers every net's latest run
@@ -76,7 +72,7 @@ def main() -> int:
             f"{100 * r['test_error']:.2f}% (pruned); paper: {t['paper']}",
             f"- kept {100 * r['kept_fraction']:.2f}% vs target <= {100 * t['kept']:.1f}%: {'met' if ok_k else 'MISSED'}; "
             f"error {100 * r['test_error']:.2f}% vs <= {100 * t['error']:.1f}%: {'met' if ok_e else 'MISSED'}",
-            f"- wall time {r['seconds']:.0f} s (dense {r['dense_seconds']:.0f} s + surgery {r['surgery_seconds']:.0f} s) "
+            f"- wall time {r['seconds']:.0f} s (dense {r['dense_seconds']:.0f} s + surgery {r['pruning_seconds']:.0f} s) "
             f"vs target < {t['seconds']} s: {'met' if ok_s else 'MISSED'}",
             f"- surgery: {r['pruning_iterations']} iterations after {r['dense_iterations']} dense, base lr {r['config']['train']['sgd']['base_lr']}, layers "
             + "; ".join(f"{k} c_rate {v['c_rate']} gamma {v['gamma']} iter_stop {v['iter_stop']}"

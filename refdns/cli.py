@@ -239,7 +239,7 @@ def _print_pruned(result) -> None:
 
 
 def cmd_train(args) -> int:
-    out = args.out or DEFAULT_DIR / f"{args.net}-dense.h5"
+    out = args.out if args.out is not None else DEFAULT_DIR / f"{args.net}-dense.h5"
     if args.iterations < 1:
         raise ConfigError("--iterations 0: training needs at least one iteration")
     check_outputs({"--out": out, "--json": args.json}, force=args.force)
@@ -254,7 +254,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_dns(args) -> int:
-    out = args.out or DEFAULT_DIR / f"{args.net}-dns.h5"
+    out = args.out if args.out is not None else DEFAULT_DIR / f"{args.net}-dns.h5"
     check_inputs({"--from": args.from_})
     check_outputs({"--out": out, "--json": args.json}, inputs={"--from": args.from_}, force=args.force)
     exp = _experiment(args, "dns", dense_from=args.from_)

@@ -2,8 +2,9 @@
 
 At batch 1 the cost of a pruned LeNet-300-100 is not arithmetic (a few thousand multiply-adds) but overhead:
 three Python-level calls, three output allocations and three validations. This kernel runs every layer of
-one sample in one compiled loop over two ping-pong buffers, each layer skipping zero activations as in
-:mod:`refdns.kernels.csr_matvec` (W given column-wise, as the CSR arrays of W^T):
+one sample in one compiled loop over two ping-pong buffers, each layer skipping zero activations (W given
+column-wise, as the CSR arrays of W^T, so a zero input's whole column is never read; the dataflow of EIE,
+Han et al., ISCA 2016, sec. III):
 
     h^0 = x,   h^l = relu(W^l h^(l-1) + b^l)  (no ReLU after the last layer),   logits = h^L
 

@@ -14,9 +14,10 @@ from refdns.effective import EffectiveParams
 from refdns.nets import NETS, get_spec, init_params, loss_and_grads
 from refdns.nets.mnist9 import SPEC as MNIST9
 from refdns.nets.ops import OP_KINDS, OPS, PARAM_KINDS, OpKind, bias_key, weight_key
+from refdns.sparse import SparseNet
 
 STEPS = ("forward", "backward", "r_forward", "r_backward", "obd_backward", "sparse_forward")
-ENGINES = ("nets/sequential.py", "hessian.py", "effective.py")
+ENGINES = ("nets/sequential.py", "hessian.py", "sparse.py", "effective.py")
 
 
 def test_every_kind_a_net_uses_is_in_the_table_with_every_step():
@@ -110,3 +111,17 @@ def test_hessian_engine_runs_every_op_through_the_table(name, rng, calls):
     hessian.loss_and_gradient(spec, params, x, y)
     assert _visited(calls, "backward", spec) == list(range(n - 1, first - 1, -1))
 
+
+@pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5"])
+def test_sparse_engine_runs_every_op_through_the_table(name, rng, calls):
+    spec, params, x, _ = _problem(name, rng)
+    masks = {k: rng.random(v.shape) < 0.2 for k, v in params.items()}
+    net = SparseNet.from_params(spec, params, masks)
+    net.forward(x, path="layers")
+    index = {id(op): i for i, op in enumerate(spec.ops)}
+    covered = []
+    for _, key, (_, fused) in (c for c in calls if c[0] == "sparse_forward"):
+        covered += range(index[key], index[key] + 1 + fused)  # an op and the ones it ran fused
+    assert covered == list(range(len(spec.ops)))
+    if name == "lenet-5":  # both max-pools run inside their convolutions, the ReLU inside ip1's product
+        assert _visited(calls, "sparse_forward", spec) == [0, 2, 4, 5, 7]

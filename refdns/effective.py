@@ -40,9 +40,6 @@ SPARSE_MAX_DENSITY = 0.15
 # 0.024 for 10x500, against 0.17-0.19 for the layers of 30,000 entries and more.
 SPARSE_MIN_WEIGHTS = 10_000
 
-PATHS = ("unmasked", "sparse", "dense")
-
-
 def choose_path(density: float, *, sparse_capable: bool,
                 sparse_max_density: float = SPARSE_MAX_DENSITY) -> str:
     """Which representation of ``w * mask`` is fastest: "unmasked", "sparse" or "dense".

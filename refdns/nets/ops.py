@@ -187,6 +187,7 @@ class Dense(OpKind):
         return dx, _keyed(op, dw, db)
 
     def r_forward(self, op, params, vparams, x, rx, cache):
+        # R{out} = f(R{x}, W, 0) + f(x, V, V_b)
         r = dense_forward(x, vparams[weight_key(op.name)], vparams[bias_key(op.name)])[0]
         if rx is not None:
             b = params[bias_key(op.name)]
@@ -249,6 +250,7 @@ class Conv(OpKind):
         return dx, _keyed(op, dw, db)
 
     def r_forward(self, op, params, vparams, x, rx, cache):
+        # R{out} = f(R{x}, W, 0) + f(x, V, V_b); f(x, V, V_b) reuses the forward's im2col of x
         r = _conv_from_cols(cache, vparams[weight_key(op.name)], vparams[bias_key(op.name)])
         r_cache = None
         if rx is not None:

@@ -9,7 +9,7 @@ which the compiler vectorises, and the net can stay feature-major from the first
 (one transpose in, one out). The batch is cut into column tiles of ``TILE`` so that the tile of X a row
 reads (D x TILE floats, 784 x 256 x 4 B = 0.8 MB for LeNet-300-100's ip1) stays in a core's L2 cache.
 
-- :func:`csr_matmul` - serial, tile after tile.
+- :func:`csr_matmul` - serial, tile after tile; ``parallel=True`` runs the parallel kernel instead.
 - :func:`csr_matmul_parallel` - tiles spread over threads with ``prange`` (tiles write disjoint columns, so
   no races and a result identical to the serial one).
 - :func:`csr_matmul_ref` - the NumPy/scipy twin: ``scipy.sparse.csr_matrix @ X`` in float64.
@@ -18,9 +18,9 @@ reads (D x TILE floats, 784 x 256 x 4 B = 0.8 MB for LeNet-300-100's ip1) stays 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
-from refdns.kernels._check import bias_or_zeros, check_csr, check_dense, check_finite
+from refdns.kernels._check import bias_or_zeros, check_csr, check_dense, check_finite, out_or_empty
 
 TILE = 256
 
@@ -137,7 +137,7 @@ def workspace(n_in: int, n: int, n_chunks: int = 1, dtype=np.float32, *, sample_
 _LAYOUTS = ("feature", "sample")
 
 
-def _prepare(indptr, indices, data, x, n_in, bias, check_inputs, x_layout):
+def _prepare(indptr, indices, data, x, n_in, bias, check_inputs, check_weights, x_layout, out):
     dtype = data.dtype if isinstance(data, np.ndarray) else np.dtype(np.float32)
     if x_layout not in _LAYOUTS:
         raise ValueError(f"x_layout={x_layout!r} must be one of {_LAYOUTS}")
@@ -146,16 +146,26 @@ def _prepare(indptr, indices, data, x, n_in, bias, check_inputs, x_layout):
     if x.shape[axis] != n_in:
         want = f"({n_in}, N)" if axis == 0 else f"(N, {n_in})"
         raise ValueError(f"x has shape {x.shape}: {x_layout}-major activations need shape {want}")
-    check_csr("W", indptr, indices, data, (len(indptr) - 1, n_in))
+    check_csr("W", indptr, indices, data, (len(indptr) - 1, n_in), contents=check_weights)
     if check_inputs:
         check_finite("x", x)
-    b = bias_or_zeros(bias, len(indptr) - 1, dtype, "csr_matmul")
-    out = np.empty((len(indptr) - 1, x.shape[1 - axis]), dtype=dtype)
+    b = bias_or_zeros(bias, len(indptr) - 1, dtype, "csr_matmul", contents=check_weights)
+    out = out_or_empty(out, (len(indptr) - 1, x.shape[1 - axis]), dtype, "csr_matmul")
     return np.ascontiguousarray(x), b, out
 
 
+def _check_scratch(scratch, n_in: int, n: int, dtype: np.dtype, sample_major: bool) -> None:
+    check_dense("scratch", scratch, 3, dtype)
+    too_small = sample_major and (scratch.shape[1] != n_in or scratch.shape[2] < min(TILE, n))
+    if scratch.shape[0] < 1 or too_small:
+        raise ValueError(f"scratch has shape {scratch.shape}; use workspace({n_in}, {n}, n_chunks, "
+                         f"sample_major={sample_major})")
+
+
 def csr_matmul(indptr, indices, data, x, *, n_in: int, bias=None, relu: bool = False,
-               x_layout: str = "feature", check_inputs: bool = True) -> np.ndarray:
+               x_layout: str = "feature", check_inputs: bool = True, check_weights: bool = True,
+               out: np.ndarray | None = None, scratch: np.ndarray | None = None, parallel: bool = False,
+               n_chunks: int | None = None) -> np.ndarray:
     """``Y = W X + b[:, None]`` (then ReLU if ``relu``) for CSR W; Y comes out feature-major.
 
     Parameters
@@ -174,15 +184,37 @@ def csr_matmul(indptr, indices, data, x, *, n_in: int, bias=None, relu: bool = F
     x_layout : "feature" or "sample"
     check_inputs : bool
         Refuse NaN/Inf in ``x`` (NonFiniteError). Callers that checked already may skip the pass.
+    check_weights : bool
+        Scan W and ``bias`` (column range, finiteness). False runs only the O(1) checks, for callers that
+        ran :func:`refdns.kernels.check_csr` once on the arrays they pass every call.
+    out : ndarray, shape (M, N), dtype of ``data``, C-contiguous, optional
+        Written and returned; a new array when None.
+    scratch : ndarray, optional
+        A :func:`workspace` kept by the caller across calls (allocating one per call costs page faults
+        comparable to the product at batch 64); its first axis is the number of parallel chunks.
+    parallel : bool
+        Spread the column tiles over Numba threads (``prange``; tiles write disjoint columns, so the result
+        is bit-identical to the serial one). Off by default: on two cores it never beat the serial kernel.
+    n_chunks : int, optional
+        Parallel chunks when no ``scratch`` is given (default: the Numba thread count).
 
     Returns
     -------
     y : ndarray, shape (M, N), dtype of ``data``
     """
-    x, b, out = _prepare(indptr, indices, data, x, n_in, bias, check_inputs, x_layout)
+    x, b, out = _prepare(indptr, indices, data, x, n_in, bias, check_inputs, check_weights, x_layout, out)
     sm = x_layout == "sample"
-    buf = workspace(n_in, out.shape[1], 1, data.dtype, sample_major=sm)
-    _matmul_kernel(indptr, indices, data, x, sm, b, bool(relu), buf, out)
+    if scratch is None:
+        chunks = 1
+        if parallel:
+            chunks = get_num_threads() if n_chunks is None else n_chunks
+            if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
+                raise ValueError(f"n_chunks={n_chunks!r} must be an int >= 1")
+        scratch = workspace(n_in, out.shape[1], int(chunks), data.dtype, sample_major=sm)
+    else:
+        _check_scratch(scratch, n_in, out.shape[1], data.dtype, sm)
+    kernel = _matmul_parallel_kernel if parallel else _matmul_kernel
+    kernel(indptr, indices, data, x, sm, b, bool(relu), scratch, out)
     return out
 
 
@@ -191,16 +223,8 @@ def csr_matmul_parallel(indptr, indices, data, x, *, n_in: int, bias=None, relu:
                         ) -> np.ndarray:
     """:func:`csr_matmul` with the column tiles spread over ``n_chunks`` Numba tasks (default: the Numba
     thread count). Tiles are independent, so the result is bit-identical to the serial one."""
-    import numba
-
-    chunks = numba.get_num_threads() if n_chunks is None else n_chunks
-    if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
-        raise ValueError(f"n_chunks={n_chunks!r} must be an int >= 1")
-    x, b, out = _prepare(indptr, indices, data, x, n_in, bias, check_inputs, x_layout)
-    sm = x_layout == "sample"
-    buf = workspace(n_in, out.shape[1], int(chunks), data.dtype, sample_major=sm)
-    _matmul_parallel_kernel(indptr, indices, data, x, sm, b, bool(relu), buf, out)
-    return out
+    return csr_matmul(indptr, indices, data, x, n_in=n_in, bias=bias, relu=relu, x_layout=x_layout,
+                      check_inputs=check_inputs, parallel=True, n_chunks=n_chunks)
 
 
 def csr_matmul_ref(indptr, indices, data, x, *, n_in: int, bias=None, relu: bool = False,

@@ -2,14 +2,16 @@
 
 At batch 1 the cost of a pruned LeNet-300-100 is not arithmetic (a few thousand multiply-adds) but overhead:
 three Python-level calls, three output allocations and three validations. This kernel runs every layer of
-one sample in one compiled loop over two ping-pong buffers, each layer skipping zero activations as in
-:mod:`refdns.kernels.csr_matvec` (W given column-wise, as the CSR arrays of W^T):
+one sample in one compiled loop over two ping-pong buffers, each layer skipping zero activations (W given
+column-wise, as the CSR arrays of W^T, so a zero input's whole column is never read; the dataflow of EIE,
+Han et al., ISCA 2016, sec. III):
 
     h^0 = x,   h^l = relu(W^l h^(l-1) + b^l)  (no ReLU after the last layer),   logits = h^L
 
 All layers are packed once into flat arrays (:func:`pack_mlp`), so any depth fits one signature.
 
-- :func:`mlp_forward_fused` - serial, one sample after another (the batch-1 path).
+- :func:`mlp_forward_fused` - serial, one sample after another (the batch-1 path); ``parallel=True`` runs
+  the parallel kernel instead.
 - :func:`mlp_forward_fused_parallel` - the batch cut into fixed contiguous chunks, one per ``prange``
   iteration with its own buffers; each sample is computed exactly as in the serial kernel (bit-identical).
 - :func:`mlp_forward_ref` - the NumPy twin: dense float64 matrices from the CSR arrays, ``x @ W^T``.
@@ -23,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from refdns.errors import NonFiniteError
-from refdns.kernels._check import FLOATS, bias_or_zeros, check_csr, check_dense
+from refdns.kernels._check import FLOATS, bias_or_zeros, check_csr, check_dense, out_or_empty
 
 
 class PackedMLP(NamedTuple):
@@ -157,14 +159,15 @@ def _fused_parallel_kernel(x, meta, ptr, indices, vals, nnz, n_chunks, out):
     return -1
 
 
-def _prepare(packed: PackedMLP, x):
+def _prepare(packed: PackedMLP, x, out):
     if not isinstance(packed, PackedMLP):
         raise TypeError(f"packed: expected a PackedMLP from pack_mlp, got {type(packed).__name__}")
     check_dense("x", x, 2, packed.vals.dtype)
     if x.shape[1] != packed.meta[1]:
         raise ValueError(f"x has shape {x.shape}, expected (N, {packed.meta[1]})")
-    return np.ascontiguousarray(x), np.empty((x.shape[0], int(packed.meta[1 + packed.meta[0]])),
-                                             dtype=packed.vals.dtype)
+    n_out = int(packed.meta[1 + packed.meta[0]])
+    out = out_or_empty(out, (x.shape[0], n_out), packed.vals.dtype, "mlp_forward_fused")
+    return np.ascontiguousarray(x), out
 
 
 def _raise_bad(code: int, n_layers: int) -> None:
@@ -175,8 +178,12 @@ def _raise_bad(code: int, n_layers: int) -> None:
                              "(sparse and dense products disagree on 0 * inf)", where=f"sample {n}, layer {layer}")
 
 
-def mlp_forward_fused(packed: PackedMLP, x: np.ndarray) -> np.ndarray:
+def mlp_forward_fused(packed: PackedMLP, x: np.ndarray, *, out: np.ndarray | None = None,
+                      parallel: bool = False, n_chunks: int = 16) -> np.ndarray:
     """Logits of a pruned MLP, one compiled pass per sample.
+
+    The checks here are O(1) (types, shapes, dtypes): :func:`pack_mlp` validated the weights, and the kernel
+    itself reports non-finite activations, so the wrapper costs little even at batch 1.
 
     Parameters
     ----------
@@ -184,6 +191,13 @@ def mlp_forward_fused(packed: PackedMLP, x: np.ndarray) -> np.ndarray:
         From :func:`pack_mlp`.
     x : ndarray, shape (N, D), dtype of the packed weights
         Flattened inputs, sample-major.
+    out : ndarray, shape (N, M_L), dtype of the packed weights, C-contiguous, optional
+        Written and returned; a new array when None.
+    parallel : bool
+        Cut the batch into ``n_chunks`` contiguous chunks run in parallel (each sample computed exactly as
+        in the serial kernel: bit-identical). Off by default: on two cores it never beat the serial kernel.
+    n_chunks : int
+        Parallel chunks (capped at N).
 
     Returns
     -------
@@ -194,21 +208,23 @@ def mlp_forward_fused(packed: PackedMLP, x: np.ndarray) -> np.ndarray:
     NonFiniteError
         A NaN/Inf input, or an activation that overflowed (names the sample and layer).
     """
-    x, out = _prepare(packed, x)
+    bad_chunks = isinstance(n_chunks, bool) or not isinstance(n_chunks, (int, np.integer)) or n_chunks < 1
+    if parallel and bad_chunks:
+        raise ValueError(f"n_chunks={n_chunks!r} must be an int >= 1")
+    x, out = _prepare(packed, x, out)
     p = packed
-    _raise_bad(_fused_kernel(x, p.meta, p.ptr, p.indices, p.vals, p.nnz, out), p.n_layers)
+    if parallel:
+        chunks = max(1, min(int(n_chunks), x.shape[0]))
+        code = _fused_parallel_kernel(x, p.meta, p.ptr, p.indices, p.vals, p.nnz, chunks, out)
+    else:
+        code = _fused_kernel(x, p.meta, p.ptr, p.indices, p.vals, p.nnz, out)
+    _raise_bad(code, p.n_layers)
     return out
 
 
 def mlp_forward_fused_parallel(packed: PackedMLP, x: np.ndarray, *, n_chunks: int = 16) -> np.ndarray:
     """:func:`mlp_forward_fused` with the batch cut into ``n_chunks`` contiguous chunks run in parallel."""
-    if isinstance(n_chunks, bool) or not isinstance(n_chunks, (int, np.integer)) or n_chunks < 1:
-        raise ValueError(f"n_chunks={n_chunks!r} must be an int >= 1")
-    x, out = _prepare(packed, x)
-    chunks = max(1, min(int(n_chunks), x.shape[0]))
-    p = packed
-    _raise_bad(_fused_parallel_kernel(x, p.meta, p.ptr, p.indices, p.vals, p.nnz, chunks, out), p.n_layers)
-    return out
+    return mlp_forward_fused(packed, x, parallel=True, n_chunks=n_chunks)
 
 
 def mlp_forward_ref(layers, x: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ so the work is nnz * OH * OW per image instead of F * C * KH * KW * OH * OW (at 
 A max-pool that follows the convolution (LeNet-5: 2x2, stride 2) can be fused (``pool=2``): each plane is
 pooled while it is still in cache, and the unpooled maps never reach memory.
 
-- :func:`sparse_conv2d` - serial over (image, filter) pairs.
+- :func:`sparse_conv2d` - serial over (image, filter) pairs; ``parallel=True`` runs the parallel kernel
+  instead.
 - :func:`sparse_conv2d_parallel` - (image, filter) pairs spread over threads with ``prange``; each writes
   its own output plane, so the result is bit-identical to the serial one.
 - :func:`sparse_conv2d_ref` - the NumPy twin: densify the filters, ``sliding_window_view`` + ``einsum``.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from refdns.kernels._check import bias_or_zeros, check_csr, check_dense, check_finite
+from refdns.kernels._check import bias_or_zeros, check_csr, check_dense, check_finite, out_or_empty
 
 
 @njit(cache=True)
@@ -94,7 +95,7 @@ def _conv_parallel_kernel(indptr, indices, data, x, bias, stride, KH, KW, pool, 
         _one(indptr, indices, data, x, bias, stride, KH, KW, pool, OH, OW, out, scratch, nf)
 
 
-def _prepare(indptr, indices, data, x, w_shape, bias, stride, pad, pool, check_inputs):
+def _prepare(indptr, indices, data, x, w_shape, bias, stride, pad, pool, check_inputs, check_weights, out):
     dtype = data.dtype if isinstance(data, np.ndarray) else np.dtype(np.float32)
     if len(w_shape) != 4 or any(int(s) < 1 for s in w_shape):
         raise ValueError(f"w_shape={tuple(w_shape)}: expected (F, C, KH, KW), all >= 1")
@@ -105,10 +106,10 @@ def _prepare(indptr, indices, data, x, w_shape, bias, stride, pad, pool, check_i
     check_dense("x", x, 4, dtype)
     if x.shape[1] != C:
         raise ValueError(f"x has shape {x.shape}: {x.shape[1]} channels, but the filters expect C={C}")
-    check_csr("W", indptr, indices, data, (F, C * KH * KW))
+    check_csr("W", indptr, indices, data, (F, C * KH * KW), contents=check_weights)
     if check_inputs:
         check_finite("x", x)
-    b = bias_or_zeros(bias, F, dtype, "sparse_conv2d")
+    b = bias_or_zeros(bias, F, dtype, "sparse_conv2d", contents=check_weights)
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else np.ascontiguousarray(x)
     H, W = xp.shape[2], xp.shape[3]
     if H < KH or W < KW:
@@ -116,12 +117,13 @@ def _prepare(indptr, indices, data, x, w_shape, bias, stride, pad, pool, check_i
     OH, OW = (H - KH) // stride + 1, (W - KW) // stride + 1
     if OH < pool or OW < pool:
         raise ValueError(f"pool={pool} is larger than the {OH}x{OW} convolution output")
-    out = np.empty((x.shape[0], F, OH // pool, OW // pool), dtype=dtype)
+    out = out_or_empty(out, (x.shape[0], F, OH // pool, OW // pool), dtype, "sparse_conv2d")
     return xp, b, out, KH, KW, OH, OW
 
 
 def sparse_conv2d(indptr, indices, data, x, *, w_shape, bias=None, stride: int = 1, pad: int = 0,
-                  pool: int = 1, check_inputs: bool = True) -> np.ndarray:
+                  pool: int = 1, check_inputs: bool = True, check_weights: bool = True,
+                  out: np.ndarray | None = None, parallel: bool = False) -> np.ndarray:
     """Cross-correlation of ``x`` with a CSR filter bank, plus bias, then optionally max-pooling.
 
     Parameters
@@ -139,22 +141,31 @@ def sparse_conv2d(indptr, indices, data, x, *, w_shape, bias=None, stride: int =
         so each conv plane is pooled while it is still in cache (LeNet-5: conv, then pool 2x2/2).
     check_inputs : bool
         Refuse NaN/Inf in ``x`` (NonFiniteError).
+    check_weights : bool
+        Scan W and ``bias`` (tap range, finiteness). False runs only the O(1) checks, for callers that ran
+        :func:`refdns.kernels.check_csr` once on the arrays they pass every call.
+    out : ndarray, shape (N, F, OH // pool, OW // pool), dtype of ``data``, C-contiguous, optional
+        Written and returned; a new array when None.
+    parallel : bool
+        Spread the (image, filter) planes over Numba threads (each writes its own plane: bit-identical to
+        the serial result). Off by default: on two cores it never beat the serial kernel.
 
     Returns
     -------
     out : ndarray, shape (N, F, OH // pool, OW // pool), dtype of ``data``; OH = (H + 2 pad - KH) // stride + 1
     """
-    xp, b, out, KH, KW, OH, OW = _prepare(indptr, indices, data, x, w_shape, bias, stride, pad, pool, check_inputs)
-    _conv_kernel(indptr, indices, data, xp, b, int(stride), KH, KW, int(pool), OH, OW, out)
+    xp, b, out, KH, KW, OH, OW = _prepare(indptr, indices, data, x, w_shape, bias, stride, pad, pool,
+                                          check_inputs, check_weights, out)
+    kernel = _conv_parallel_kernel if parallel else _conv_kernel
+    kernel(indptr, indices, data, xp, b, int(stride), KH, KW, int(pool), OH, OW, out)
     return out
 
 
 def sparse_conv2d_parallel(indptr, indices, data, x, *, w_shape, bias=None, stride: int = 1, pad: int = 0,
                            pool: int = 1, check_inputs: bool = True) -> np.ndarray:
     """:func:`sparse_conv2d` with (image, filter) planes spread over Numba threads (bit-identical result)."""
-    xp, b, out, KH, KW, OH, OW = _prepare(indptr, indices, data, x, w_shape, bias, stride, pad, pool, check_inputs)
-    _conv_parallel_kernel(indptr, indices, data, xp, b, int(stride), KH, KW, int(pool), OH, OW, out)
-    return out
+    return sparse_conv2d(indptr, indices, data, x, w_shape=w_shape, bias=bias, stride=stride, pad=pad,
+                         pool=pool, check_inputs=check_inputs, parallel=True)
 
 
 def sparse_conv2d_ref(indptr, indices, data, x, *, w_shape, bias=None, stride: int = 1, pad: int = 0,

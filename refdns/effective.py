@@ -12,7 +12,8 @@ Per parameter, from the mask's current density:
   full-size temporary each step), for BLAS.
 
 Both paths compute the same function and the same gradients to float rounding; which one runs is a
-speed decision only. Conv weights always take the dense path (the conv layers have no sparse kernel).
+speed decision only. Only ops whose definition takes a SparseWeight (``takes_sparse_weight`` in
+:data:`refdns.nets.ops.OPS`: dense) may take the sparse path; conv weights always take the dense one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from refdns.kernels.masked_gemm import mask_csr
 from refdns.layers import SparseWeight
+from refdns.nets.ops import OPS, weight_key
 from refdns.nets.sequential import NetSpec
 
 # Largest density at which a fully connected weight takes the sparse path. Measured by
@@ -37,9 +39,6 @@ SPARSE_MAX_DENSITY = 0.15
 # (transposes, allocation, dispatch) match that: the same benchmark measured no crossover for 10x100 and
 # 0.024 for 10x500, against 0.17-0.19 for the layers of 30,000 entries and more.
 SPARSE_MIN_WEIGHTS = 10_000
-
-PATHS = ("unmasked", "sparse", "dense")
-
 
 def choose_path(density: float, *, sparse_capable: bool,
                 sparse_max_density: float = SPARSE_MAX_DENSITY) -> str:
@@ -93,8 +92,10 @@ class EffectiveParams:
         if int(sparse_min_weights) < 0:
             raise ValueError(f"sparse_min_weights={sparse_min_weights!r} must be >= 0")
         self.sparse_max_density = float(sparse_max_density)
-        self.sparse_capable = frozenset(op.name + ".weight" for op in spec.ops
-                                        if op.kind == "dense" and np.prod(op.w_shape) >= sparse_min_weights)
+        self.sparse_capable = frozenset(
+            weight_key(op.name) for op in spec.ops
+            if OPS[op.kind].takes_sparse_weight and np.prod(op.w_shape) >= sparse_min_weights
+        )
         self.paths: dict[str, str] = {}  # the path each parameter took at the last call
         self._built_from: dict[str, np.ndarray] = {}  # the mask each entry of ``paths`` was chosen for
         self._structure: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # key -> (indptr, indices)

@@ -7,8 +7,9 @@ Hessian", Neural Computation 6(1), 1994): with ``R{f} = d/dr f(w + r v) |_{r=0}`
 
 obtained by one forward pass that carries ``R{activation}`` beside every activation and one backward pass
 that carries ``R{dL/d activation}`` beside every gradient ("forward-over-backward"). No autograd library:
-every layer's R-rules are written here, and because dense and conv layers are *bilinear* in (input, weight)
-they are evaluated by calling the layers' own forward/backward with swapped arguments:
+every op's R-rules are written beside its forward and backward in the op table (:mod:`refdns.nets.ops`,
+``r_forward`` / ``r_backward``), and because dense and conv layers are *bilinear* in (input, weight) they are
+evaluated by calling the layers' own forward/backward with swapped arguments:
 
     dense/conv   R{out} = f(R{x}, W, 0) + f(x, V, V_b)
                  R{dx}  = R{dout} (*) W + dout (*) V            R{dW} = R{dout} (*) x + dout (*) R{x}
@@ -28,9 +29,10 @@ backprop-like recursion, in its Gauss-Newton (Levenberg-Marquardt) form, costing
     d2E/dw_ij^2 = d2E/da_i^2 * x_j^2
     d2E/da_i^2  = f'(a_i)^2 * sum_l w_li^2 * d2E/da_l^2      (the  - f''(a_i) dE/dx_i  term dropped)
 
-It is a backward pass with squared weights and squared layer inputs, which is how it is computed here (the
-layers' own backward functions, fed squared caches). The output boundary condition is the diagonal of the
-loss Hessian with respect to the logits: ``p_i (1 - p_i) / N`` for softmax CE, ``1 / N`` for squared error.
+It is a backward pass with squared weights and squared layer inputs, which is how it is computed (each op's
+``obd_backward`` in :mod:`refdns.nets.ops`: the layers' own backward functions, fed squared caches). The
+output boundary condition is the diagonal of the loss Hessian with respect to the logits:
+``p_i (1 - p_i) / N`` for softmax CE, ``1 / N`` for squared error.
 
 Parameters are flattened in ``spec.param_shapes()`` order (layer order, weight then bias; C order inside).
 """
@@ -40,22 +42,9 @@ from __future__ import annotations
 import numpy as np
 
 from refdns.errors import ConfigError
-from refdns.layers import (
-    conv2d_backward,
-    conv2d_forward,
-    dense_backward,
-    dense_forward,
-    flatten_backward,
-    flatten_forward,
-    maxpool_backward,
-    maxpool_forward,
-    relu_backward,
-    relu_forward,
-    softmax,
-)
-from refdns.layers.conv import Conv2dCache
-from refdns.layers.dense import DenseCache
-from refdns.nets.sequential import PARAM_KINDS, NetSpec, check_params
+from refdns.layers import softmax
+from refdns.nets.ops import OPS
+from refdns.nets.sequential import ForwardCache, NetSpec, backward, check_params, forward
 
 LOSSES = ("softmax_ce", "squared")
 
@@ -142,85 +131,20 @@ def _loss_hvp(rz: np.ndarray, p: np.ndarray | None, N: int) -> np.ndarray:
 
 
 def _forward(spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray):
-    """Plain forward pass. Returns (logits, per-op caches, per-op inputs)."""
-    caches, ins = [], []
-    h = x
-    for op in spec.ops:
-        ins.append(h)
-        if op.kind == "dense":
-            h, c = dense_forward(h, params[op.name + ".weight"], params[op.name + ".bias"])
-        elif op.kind == "conv":
-            h, c = conv2d_forward(
-                h, params[op.name + ".weight"], params[op.name + ".bias"], stride=op.stride, pad=op.pad
-            )
-        elif op.kind == "pool":
-            h, c = maxpool_forward(h, size=op.size, stride=op.stride)
-        elif op.kind == "relu":
-            h, c = relu_forward(h)
-        else:
-            h, c = flatten_forward(h)
-        caches.append(c)
-    return h, caches, ins
+    """Plain forward pass (the training engine's). Returns (logits, per-op caches, per-op inputs)."""
+    z, cache = forward(spec, params, x, keep_outputs=True)
+    return z, cache.op_caches, (x, *cache.outputs[:-1])
 
 
 def _r_forward(spec: NetSpec, params, ins, caches, vparams):
-    """R-forward along the plain pass's caches. Returns (R{logits}, R{op inputs}, conv caches of R{x})."""
+    """R-forward along the plain pass's caches. Returns (R{logits}, R{op inputs}, per-op R-caches)."""
     rins, rcaches = [], []
     rh = None  # R{data} = 0; None stands for an exact zero until the first parametric layer
     for op, h, c in zip(spec.ops, ins, caches, strict=True):
         rins.append(rh)
-        rc = None
-        if op.kind in PARAM_KINDS:
-            w, b = params[op.name + ".weight"], params[op.name + ".bias"]
-            vw, vb = vparams[op.name + ".weight"], vparams[op.name + ".bias"]
-            # R{out} = f(R{x}, W, 0) + f(x, V, V_b): the layer is bilinear in (x, W)
-            if op.kind == "dense":
-                r = dense_forward(h, vw, vb)[0]
-                if rh is not None:
-                    r += dense_forward(rh, w, np.zeros_like(b))[0]
-            else:
-                r = _conv_from_cols(c, vw, vb)  # reuses the forward's im2col of x
-                if rh is not None:
-                    r_x, rc = conv2d_forward(rh, w, np.zeros_like(b), stride=op.stride, pad=op.pad)
-                    r += r_x  # rc keeps im2col(R{x}) for the backward
-            rh = r
-        elif rh is None:
-            pass
-        elif op.kind == "pool":
-            rh = _maxpool_select(rh, c)
-        elif op.kind == "relu":
-            rh = relu_backward(rh, c)  # R{max(x, 0)} = R{x} * (x > 0): the same mask as backward
-        else:
-            rh = flatten_forward(rh)[0]
+        rh, rc = OPS[op.kind].r_forward(op, params, vparams, h, rh, c)
         rcaches.append(rc)
     return rh, rins, rcaches
-
-
-def _conv_from_cols(cache: Conv2dCache, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The convolution of the cached input with other filters ``w`` and bias ``b``: one product with the
-    forward's im2col matrix instead of a second im2col."""
-    N, C, H, W = cache.x_shape
-    F, _, KH, KW = w.shape
-    OH = (H + 2 * cache.pad - KH) // cache.stride + 1
-    OW = (W + 2 * cache.pad - KW) // cache.stride + 1
-    w2 = w.reshape(F, -1)
-    if cache.layout == "batch_first":
-        out = np.matmul(w2, cache.cols).reshape(N, F, OH, OW)  # cols (N, CKK, P)
-    else:
-        out = np.ascontiguousarray((w2 @ cache.cols).reshape(F * OH * OW, N).T).reshape(N, F, OH, OW)
-    return out + b[:, None, None]
-
-
-def _maxpool_select(rx: np.ndarray, cache) -> np.ndarray:
-    """Apply a max-pool's forward winner pattern to another array (linear once the winners are fixed)."""
-    col_win, row_win, (N, C, H, W), dtype, size, stride = cache
-    OH, OW = row_win.shape[3:]
-    HU = col_win.shape[3]
-    he = stride * (OH - 1) + 1
-    we = stride * (OW - 1) + 1
-    ru = rx[:, :, :HU]
-    rows = sum(col_win[j] * ru[..., j : j + we : stride] for j in range(size))  # (N, C, HU, OW)
-    return sum(row_win[i] * rows[:, :, i : i + he : stride] for i in range(size))  # (N, C, OH, OW)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -230,43 +154,18 @@ def _maxpool_select(rx: np.ndarray, cache) -> np.ndarray:
 def _backward(spec, caches, rins, rcaches, vparams, d, rd, *, gauss_newton: bool) -> dict[str, np.ndarray]:
     """R{dL/dparam} for every parameter, from dL/dz = ``d`` and R{dL/dz} = ``rd``."""
     out: dict[str, np.ndarray] = {}
-    first = next(i for i, op in enumerate(spec.ops) if op.kind in PARAM_KINDS)
+    first = spec.first_layer_index
     for i in range(len(spec.ops) - 1, first - 1, -1):
-        op, c, rx, c_r = spec.ops[i], caches[i], rins[i], rcaches[i]
-        need_dx = i != first
-        if op.kind in PARAM_KINDS:
-            vw = None if gauss_newton else vparams[op.name + ".weight"]
-            if op.kind == "dense":
-                rdx, rdw, rdb = dense_backward(rd, c, need_dx=need_dx)  # R{dout} W, R{dout}^T x
-                if not gauss_newton:
-                    if need_dx:
-                        rdx = rdx + dense_backward(d, DenseCache(c.x, vw))[0]  # + dout V
-                    if rx is not None:
-                        rdw = rdw + dense_backward(d, DenseCache(rx, vw), need_dx=False)[1]  # + dout^T R{x}
-                dx = dense_backward(d, c)[0] if need_dx else None
-            else:
-                rdx, rdw, rdb = conv2d_backward(rd, c, need_dx=need_dx)  # R{dout} (*) W, R{dout} (*) x
-                if not gauss_newton:
-                    if need_dx:
-                        rdx = rdx + conv2d_backward(d, c._replace(w=vw))[0]  # + dout (*) V
-                    if c_r is not None:
-                        rdw = rdw + conv2d_backward(d, c_r, need_dx=False)[1]  # + dout (*) R{x}
-                dx = conv2d_backward(d, c)[0] if need_dx else None
-            out[op.name + ".weight"], out[op.name + ".bias"] = rdw, rdb
-            d, rd = dx, rdx
-        elif op.kind == "pool":
-            d, rd = maxpool_backward(d, c), maxpool_backward(rd, c)
-        elif op.kind == "relu":
-            d, rd = relu_backward(d, c), relu_backward(rd, c)  # relu'' = 0 away from the kink
-        else:
-            d, rd = flatten_backward(d, c), flatten_backward(rd, c)
+        op = spec.ops[i]
+        d, rd, r_grads = OPS[op.kind].r_backward(op, caches[i], rins[i], rcaches[i], vparams, d, rd,
+                                                  need_dx=i != first, gauss_newton=gauss_newton)
+        out.update(r_grads)
     return {k: out[k] for k in spec.param_shapes()}
 
 
 def _plain_backward(spec, caches, d) -> dict[str, np.ndarray]:
-    """dL/dparam from dL/dz = ``d``: the R-backward with only its first-order terms (``R{dout} = d``)."""
-    nones = [None] * len(spec.ops)
-    return _backward(spec, caches, nones, nones, None, d, d, gauss_newton=True)
+    """dL/dparam from dL/dz = ``d``: the training engine's backward."""
+    return backward(spec, d, ForwardCache(tuple(caches), ()))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -443,24 +342,11 @@ def obd_diagonal(
     # Boundary condition: diagonal of the logits' loss Hessian, per sample.
     d2 = p * (1.0 - p) / N if p is not None else np.full(z.shape, 1.0 / N)
     out: dict[str, np.ndarray] = {}
-    first = next(i for i, op in enumerate(spec.ops) if op.kind in PARAM_KINDS)
+    first = spec.first_layer_index
     for i in range(len(spec.ops) - 1, first - 1, -1):
-        op, c = spec.ops[i], caches[i]
-        if op.kind == "dense":
-            # d2E/dw_ij^2 = d2E/da_i^2 x_j^2;  d2E/dx_j^2 = sum_i w_ij^2 d2E/da_i^2
-            d2, hw, hb = dense_backward(d2, DenseCache(c.x * c.x, c.w * c.w), need_dx=i != first)
-            out[op.name + ".weight"], out[op.name + ".bias"] = hw, hb
-        elif op.kind == "conv":
-            d2, hw, hb = conv2d_backward(
-                d2, c._replace(cols=c.cols * c.cols, w=c.w * c.w), need_dx=i != first
-            )
-            out[op.name + ".weight"], out[op.name + ".bias"] = hw, hb
-        elif op.kind == "pool":
-            d2 = maxpool_backward(d2, c)  # f' is 1 for the winner, 0 elsewhere: f'^2 = f'
-        elif op.kind == "relu":
-            d2 = relu_backward(d2, c)  # f'(a)^2 = [a > 0]
-        else:
-            d2 = flatten_backward(d2, c)
+        op = spec.ops[i]
+        d2, h = OPS[op.kind].obd_backward(op, d2, caches[i], need_dx=i != first)
+        out.update(h)
     return {k: out[k] for k in spec.param_shapes()}
 
 

@@ -26,10 +26,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 from refdns.errors import NonFiniteError, SparseFormatError
-from refdns.nets.sequential import NetSpec
+from refdns.kernels import check_csr
+from refdns.kernels.csr_matmul import TILE, workspace
+from refdns.kernels.mlp_fused import mlp_forward_fused, pack_mlp
+from refdns.nets.ops import OPS, SparseAct, bias_key, weight_key
+from refdns.nets.sequential import NetSpec, check_params
 
 #: Relative-index widths of Deep Compression sec. 2.
 HAN_INDEX_BITS = {"conv": 8, "dense": 5}
@@ -117,15 +122,14 @@ def export_csr(spec: NetSpec, params: dict[str, np.ndarray], masks: dict[str, np
     masks : dict of ndarray (bool), optional
         Same keys and shapes; missing means all ones (a dense checkpoint exports its non-zero weights).
     """
-    from refdns.nets.sequential import check_params
-
     check_params(spec, params)
     out = []
     for op in spec.layers:
-        w = np.asarray(params[f"{op.name}.weight"], dtype=np.float32)
-        b = np.asarray(params[f"{op.name}.bias"], dtype=np.float32)
+        wk, bk = weight_key(op.name), bias_key(op.name)
+        w = np.asarray(params[wk], dtype=np.float32)
+        b = np.asarray(params[bk], dtype=np.float32)
         if masks is not None:
-            mw, mb = masks[f"{op.name}.weight"], masks[f"{op.name}.bias"]
+            mw, mb = masks[wk], masks[bk]
             if mw.shape != w.shape or mb.shape != b.shape:
                 raise SparseFormatError(f"{op.name}: mask shapes {mw.shape}/{mb.shape} differ from the "
                                         f"parameter shapes {w.shape}/{b.shape}")
@@ -135,8 +139,8 @@ def export_csr(spec: NetSpec, params: dict[str, np.ndarray], masks: dict[str, np
         else:
             bias_kept = b.size
         if not np.isfinite(b).all():
-            raise NonFiniteError(f"{op.name}.bias holds NaN or Inf; cannot export it", where=f"{op.name}.bias")
-        csr = csr_from_dense(w.reshape(w.shape[0], -1), name=f"{op.name}.weight")
+            raise NonFiniteError(f"{bk} holds NaN or Inf; cannot export it", where=bk)
+        csr = csr_from_dense(w.reshape(w.shape[0], -1), name=wk)
         out.append(SparseLayer(op.name, op.kind, tuple(w.shape), csr, np.ascontiguousarray(b), bias_kept,
                                op.stride, op.pad))
     return tuple(out)
@@ -233,40 +237,36 @@ def format_storage(rows: list[dict[str, Any]]) -> str:
 
 
 def _is_mlp(spec: NetSpec) -> bool:
-    """flatten, then dense layers with a ReLU between consecutive ones and none after the last."""
-    kinds = [op.kind for op in spec.ops]
-    if not kinds or kinds[0] != "flatten" or kinds[-1] != "dense":
-        return False
-    body = kinds[1:]
-    return all(k == ("dense" if i % 2 == 0 else "relu") for i, k in enumerate(body))
+    """flatten, then dense layers with a ReLU between consecutive ones and none after the last: the ops the
+    fused MLP kernel runs (each op's ``mlp_role`` in the op table)."""
+    roles = [OPS[op.kind].mlp_role for op in spec.ops]
+    return roles == ["input"] + ["affine", "relu"] * ((len(roles) - 1) // 2) + ["affine"]
 
 
 class SparseNet:
     """A pruned net's forward pass on CSR layers.
 
-    Every layer is validated once here (CSR structure, finiteness); the forward pass then calls the compiled
-    kernels of :mod:`refdns.kernels` directly, without re-validating per call.
+    Every layer is validated once here (CSR structure, finiteness); the forward pass then calls the public
+    kernel wrappers of :mod:`refdns.kernels` with ``check_weights=False``, so they re-check only shapes and
+    dtypes per call.
 
     Paths (``path`` of :meth:`forward`):
 
     - ``"fused"`` (MLPs only): :func:`refdns.kernels.mlp_fused.mlp_forward_fused` - every layer of a sample
       in one kernel call, zero activations skipped. The default at batch 1.
-    - ``"layers"``: layer by layer - :func:`~refdns.kernels.sparse_conv.sparse_conv2d` for conv (with the
-      following max-pool fused in when its size equals its stride; otherwise the max-pool of :mod:`refdns.layers`), :func:`~refdns.kernels.csr_matmul.csr_matmul` with feature-major
-      activations for dense layers (ReLU fused into the product). The default for batches > 1.
+    - ``"layers"``: op by op, each op's ``sparse_forward`` from the op table :data:`refdns.nets.ops.OPS` -
+      :func:`~refdns.kernels.sparse_conv.sparse_conv2d` for conv (with the following max-pool fused in when
+      its size equals its stride; otherwise the max-pool of :mod:`refdns.layers`),
+      :func:`~refdns.kernels.csr_matmul.csr_matmul` with feature-major activations for dense layers (ReLU
+      fused into the product). The default for batches > 1.
 
-    ``parallel=None`` uses the Numba-parallel kernels from batch ``PARALLEL_FROM`` on (threads: Numba's
-    default, i.e. the core count); True/False force it. Nothing in these paths calls BLAS, so Numba threads
-    never meet BLAS threads here.
+    The kernels run serially unless ``parallel=True`` is passed to :meth:`forward`: their Numba-parallel
+    variants give bit-identical results but never beat the serial ones on the two-core machine refdns was
+    measured on, so they are used only when asked for (threads: Numba's default, i.e. the core count).
+    Nothing in these paths calls BLAS, so Numba threads never meet BLAS threads here.
     """
 
-    PARALLEL_FROM = 64
-    TRANSPOSE_UP_TO = 256
-
     def __init__(self, spec: NetSpec, layers: tuple[SparseLayer, ...]):
-        from refdns.kernels._check import check_csr
-        from refdns.kernels.mlp_fused import pack_mlp
-
         if tuple(layer.name for layer in layers) != spec.layer_names:
             raise SparseFormatError(f"layers {[la.name for la in layers]} do not match {spec.name}'s "
                                     f"{list(spec.layer_names)}")
@@ -286,6 +286,7 @@ class SparseNet:
     @classmethod
     def from_params(cls, spec: NetSpec, params: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None
                     ) -> SparseNet:
+        """Export ``w * mask`` of every layer (:func:`export_csr`) and build the net on it."""
         return cls(spec, export_csr(spec, params, masks))
 
     @classmethod
@@ -300,14 +301,16 @@ class SparseNet:
         """:func:`storage_report` of this net's layers."""
         return storage_report(tuple(self.layers[n] for n in self.spec.layer_names), **kw)
 
-    def forward(self, x: np.ndarray, *, path: str | None = None, parallel: bool | None = None) -> np.ndarray:
+    def forward(self, x: np.ndarray, *, path: str | None = None, parallel: bool = False) -> np.ndarray:
         """Logits of a batch.
 
         Parameters
         ----------
         x : ndarray, shape (N, C, H, W), float32
         path : "fused", "layers" or None (fused at batch 1 for MLPs, else layers)
-        parallel : bool or None (from batch ``PARALLEL_FROM`` on)
+        parallel : bool
+            Run the kernels' Numba-parallel variants (bit-identical results). Serial by default: the parallel
+            ones never beat serial on two cores.
 
         Returns
         -------
@@ -318,98 +321,40 @@ class SparseNet:
         NonFiniteError
             NaN/Inf in ``x`` or in the logits (overflow).
         """
-        from refdns.kernels import mlp_fused
-
         if not isinstance(x, np.ndarray) or x.dtype != np.float32:
             raise TypeError(f"x must be a float32 ndarray, got {getattr(x, 'dtype', type(x).__name__)}")
         if x.ndim != 4 or x.shape[1:] != self.spec.input_shape:
             raise ValueError(f"x has shape {x.shape}, expected (N, {', '.join(map(str, self.spec.input_shape))})")
         n = x.shape[0]
-        if parallel is None:
-            parallel = n >= self.PARALLEL_FROM
         if path is None:
             path = "fused" if self.is_mlp and n == 1 else "layers"
         if path == "fused":
             if not self.is_mlp:
                 raise ValueError(f"path='fused' needs an MLP; {self.spec.name} has other ops")
-            if parallel:
-                return mlp_fused.mlp_forward_fused_parallel(self.packed, x.reshape(n, -1))
-            # The batch-1 path: x is checked above and the layers at construction, so call the kernel
-            # directly (the wrapper's re-validation costs a quarter of a ~5 us call).
-            p = self.packed
-            out = np.empty((n, self.spec.n_classes), dtype=np.float32)
-            code = mlp_fused._fused_kernel(np.ascontiguousarray(x.reshape(n, -1)), p.meta, p.ptr, p.indices,
-                                           p.vals, p.nnz, out)
-            mlp_fused._raise_bad(code, p.n_layers)
-            return out
+            return mlp_forward_fused(self.packed, x.reshape(n, -1), parallel=bool(parallel))
         if path != "layers":
             raise ValueError(f"path={path!r} must be 'fused', 'layers' or None")
         if not np.isfinite(x).all():
             bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
             raise NonFiniteError(f"x holds NaN or Inf (first at {bad})", where="x")
-        out = self._layers(x, parallel)
+        out = self._layers(x, bool(parallel))
         if not np.isfinite(out).all():
             raise NonFiniteError("the logits overflowed to NaN or Inf", where="logits")
         return out
 
     def _layers(self, x: np.ndarray, parallel: bool) -> np.ndarray:
-        import numba
-
-        from refdns.kernels import csr_matmul, sparse_conv
-        from refdns.layers import maxpool_forward
-
-        conv = sparse_conv._conv_parallel_kernel if parallel else sparse_conv._conv_kernel
-        matmul = csr_matmul._matmul_parallel_kernel if parallel else csr_matmul._matmul_kernel
+        run = _Run(self, parallel)
         ops = self.spec.ops
-        h = x
-        sample_major = False
+        act = SparseAct(x)
         i = 0
         while i < len(ops):
-            op = ops[i]
-            if op.kind == "conv":
-                la = self.layers[op.name]
-                F, _, KH, KW = la.w_shape
-                nxt = ops[i + 1] if i + 1 < len(ops) else None
-                pool = nxt.size if nxt is not None and nxt.kind == "pool" and nxt.size == nxt.stride else 1
-                xp = np.pad(h, ((0, 0), (0, 0), (op.pad, op.pad), (op.pad, op.pad))) if op.pad else h
-                OH, OW = (xp.shape[2] - KH) // op.stride + 1, (xp.shape[3] - KW) // op.stride + 1
-                out = np.empty((h.shape[0], F, OH // pool, OW // pool), dtype=np.float32)
-                conv(la.csr.indptr, la.csr.indices, la.csr.data, np.ascontiguousarray(xp), la.bias, op.stride,
-                     KH, KW, pool, OH, OW, out)
-                h = out
-                i += pool > 1  # the max-pool ran inside the convolution
-            elif op.kind == "pool":
-                h, _ = maxpool_forward(h, size=op.size, stride=op.stride)
-            elif op.kind == "flatten":
-                h = h.reshape(h.shape[0], -1)  # (N, D); the next product reads it sample-major
-                sample_major = True
-            elif op.kind == "dense":
-                la = self.layers[op.name]
-                if h.ndim != 2:
-                    raise ValueError(f"{self.spec.name}: dense layer {op.name} before a flatten")
-                relu = i + 1 < len(ops) and ops[i + 1].kind == "relu"
-                n = h.shape[0] if sample_major else h.shape[1]
-                out = np.empty((la.w_shape[0], n), dtype=np.float32)  # (M, N) feature-major from here on
-                if sample_major and n <= self.TRANSPOSE_UP_TO:
-                    # Small batches: NumPy's blocked transpose beats the kernel's tile gather (measured
-                    # 16 us against 35 us at 64 x 784); large ones gather tile by tile, cache-resident.
-                    h = np.ascontiguousarray(h.T)
-                    sample_major = False
-                h = np.ascontiguousarray(h)
-                buf = self._workspace(la.w_shape[1], n, numba.get_num_threads() if parallel else 1, sample_major)
-                matmul(la.csr.indptr, la.csr.indices, la.csr.data, h, sample_major, la.bias, relu, buf, out)
-                h = out
-                sample_major = False
-                i += relu  # the ReLU ran inside the product
-            elif op.kind == "relu":
-                h = np.maximum(h, 0)
-            i += 1
-        return np.ascontiguousarray(h.T)
+            nxt = ops[i + 1] if i + 1 < len(ops) else None
+            act, fused = OPS[ops[i].kind].sparse_forward(ops[i], act, nxt, run)
+            i += 1 + fused
+        return np.ascontiguousarray(act.h.T)  # (N, n_classes) from the last product's (n_classes, N)
 
     def _workspace(self, n_in: int, n: int, chunks: int, sample_major: bool) -> np.ndarray:
         """A kept scratch buffer for csr_matmul (allocating ~0.8 MB per call costs as much as a batch-64 product)."""
-        from refdns.kernels.csr_matmul import TILE, workspace
-
         key = (n_in, min(n, TILE), chunks, sample_major)  # every batch of >= TILE samples shares one
         buf = self._buffers.get(key)
         if buf is None:
@@ -422,3 +367,19 @@ class SparseNet:
         for s in range(0, len(x), batch_size):
             out[s : s + batch_size] = self.forward(x[s : s + batch_size], **kw).argmax(axis=1)
         return out
+
+
+class _Run:
+    """One forward pass of a :class:`SparseNet`, as the ops' ``sparse_forward`` see it
+    (:class:`refdns.nets.ops.SparseRun`)."""
+
+    def __init__(self, net: SparseNet, parallel: bool):
+        self.net = net
+        self.parallel = parallel
+        self.chunks = numba.get_num_threads() if parallel else 1
+
+    def layer(self, name: str) -> SparseLayer:
+        return self.net.layers[name]
+
+    def workspace(self, n_in: int, n: int, sample_major: bool) -> np.ndarray:
+        return self.net._workspace(n_in, n, self.chunks, sample_major)

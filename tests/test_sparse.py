@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from refdns import checkpoint
 from refdns.cli import main
 from refdns.errors import NonFiniteError, SparseFormatError
-from refdns.nets import forward, get_spec
+from refdns.nets import bias_key, forward, get_spec, weight_key
 from refdns.sparse import (
     CSRMatrix,
     SparseNet,
@@ -98,7 +98,7 @@ def test_storage_report_counts_bytes(rng):
     rows = storage_report(export_csr(state.spec, state.params, state.masks))
     assert [r["layer"] for r in rows] == ["conv1", "conv2", "ip1", "ip2", "total"]
     for r, op in zip(rows, state.spec.layers):
-        w = state.params[f"{op.name}.weight"] * state.masks[f"{op.name}.weight"]
+        w = state.params[weight_key(op.name)] * state.masks[weight_key(op.name)]
         nnz = np.count_nonzero(w)
         n_b = op.b_shape[0]
         assert r["nnz"] == nnz and r["rel_index_bits"] == (8 if op.kind == "conv" else 5)
@@ -107,7 +107,7 @@ def test_storage_report_counts_bytes(rng):
         entries = nnz + r["rel_fillers"]
         assert r["rel_bytes"] == (entries * (32 + r["rel_index_bits"]) + 7) // 8 + 4 * n_b
         assert r["best_rel_bytes"] <= r["rel_bytes"]
-        assert r["params_kept"] == nnz + state.masks[f"{op.name}.bias"].sum()
+        assert r["params_kept"] == nnz + state.masks[bias_key(op.name)].sum()
     total = rows[-1]
     assert total["dense_bytes"] == 4 * state.spec.n_params()
     assert total["param_ratio"] == pytest.approx(state.spec.n_params() / total["params_kept"])
@@ -130,6 +130,36 @@ def test_sparse_net_from_checkpoint_matches_dense(name, rng, tmp_path):
         assert got.shape == (5, 10)
         assert_close(got, want, dtype=np.float32)
     assert_close(net.forward(x[:1]), want[:1], dtype=np.float32)
+
+
+def test_sparse_net_runs_serial_kernels_unless_asked(rng, monkeypatch):
+    import refdns.nets.ops
+    import refdns.sparse
+
+    seen = []
+
+    def spy(kernel):
+        def wrapper(*args, parallel=False, **kwargs):
+            seen.append(parallel)
+            return kernel(*args, parallel=parallel, **kwargs)
+
+        return wrapper
+
+    for module, name in ((refdns.nets.ops, "csr_matmul"), (refdns.nets.ops, "sparse_conv2d"),
+                         (refdns.sparse, "mlp_forward_fused")):
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    x = rng.random((128, 1, 28, 28)).astype(np.float32)  # past the batch at which parallel used to start
+    for name in ("lenet-300-100", "lenet-5"):
+        state = pruned_state(name, rng, 0.05)
+        net = SparseNet.from_params(state.spec, state.params, state.masks)
+        paths = ("layers", "fused") if net.is_mlp else ("layers",)
+        for path in paths:
+            seen.clear()
+            serial = net.forward(x, path=path)
+            assert seen and not any(seen)
+            seen.clear()
+            np.testing.assert_array_equal(net.forward(x, path=path, parallel=True), serial)  # bit-identical
+            assert seen and all(seen)
 
 
 def test_sparse_net_refuses_bad_input(rng):

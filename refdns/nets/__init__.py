@@ -1,6 +1,8 @@
-"""Network architectures, one file each, sharing the engine in :mod:`refdns.nets.sequential`."""
+"""Network architectures, one file each, sharing the engine in :mod:`refdns.nets.sequential` and the op table
+in :mod:`refdns.nets.ops`."""
 
 from refdns.nets import lenet5, lenet300
+from refdns.nets.ops import OPS, bias_key, weight_key
 from refdns.nets.sequential import (
     NetSpec,
     Op,
@@ -25,13 +27,16 @@ def get_spec(name: str) -> NetSpec:
 
 __all__ = [
     "NETS",
+    "OPS",
     "NetSpec",
     "Op",
     "backward",
+    "bias_key",
     "error_rate",
     "forward",
     "get_spec",
     "init_params",
     "loss_and_grads",
     "predict",
+    "weight_key",
 ]

@@ -1,7 +1,8 @@
 """The one forward/backward engine every refdns net shares.
 
 A net is a frozen :class:`NetSpec`: an ordered tuple of ops (dense, conv, pool, relu, flatten). The engine
-walks the ops with the hand-written layers in :mod:`refdns.layers`. Parameters live in a plain dict keyed
+walks the ops, calling each op's forward and backward from the op table :data:`refdns.nets.ops.OPS`, which
+wraps the hand-written layers in :mod:`refdns.layers`. Parameters live in a plain dict keyed
 ``"<layer>.weight"`` / ``"<layer>.bias"`` in Caffe layouts (dense (out, in), conv (F, C, K, K)), the same
 keys the ``.npz`` interchange files use.
 
@@ -10,8 +11,8 @@ Layers never see masks: a pruning method passes the *effective* parameters ``w_e
 pruning method's business.
 
 A dense layer's effective weight may also come as a :class:`~refdns.layers.SparseWeight` (W plus the index
-structure of its kept entries, see :mod:`refdns.effective`); the engine then runs the sparse twin of the
-dense layer, which skips the pruned entries and returns the same gradients to float rounding.
+structure of its kept entries, see :mod:`refdns.effective`); the dense op then runs its sparse twin, which
+skips the pruned entries and returns the same gradients to float rounding.
 """
 
 from __future__ import annotations
@@ -21,54 +22,26 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from refdns.layers import (
-    conv2d_backward,
-    conv2d_forward,
-    dense_backward,
-    dense_forward,
-    flatten_backward,
-    flatten_forward,
-    maxpool_backward,
-    maxpool_forward,
-    relu_backward,
-    relu_forward,
-    SparseDenseCache,
-    SparseWeight,
-    softmax_cross_entropy,
-    sparse_dense_backward,
-    sparse_dense_forward,
-)
+from refdns.layers import softmax_cross_entropy
+from refdns.nets.ops import OP_KINDS, OPS, PARAM_KINDS, Op, bias_key, param_key, weight_key
 
-OP_KINDS = ("dense", "conv", "pool", "relu", "flatten")
-PARAM_KINDS = ("dense", "conv")
-
-
-@dataclass(frozen=True)
-class Op:
-    """One step of a sequential net.
-
-    ``kind`` is one of dense, conv, pool, relu, flatten. Parametric ops (dense, conv) carry ``name`` (the
-    Caffe layer name), ``w_shape`` and ``b_shape``; pool carries ``size``/``stride``; conv ``stride``/``pad``.
-    """
-
-    kind: str
-    name: str = ""
-    w_shape: tuple[int, ...] = ()
-    b_shape: tuple[int, ...] = ()
-    size: int = 2
-    stride: int = 1
-    pad: int = 0
-
-    def __post_init__(self):
-        if self.kind not in OP_KINDS:
-            raise ValueError(f"Op kind={self.kind!r} must be one of {OP_KINDS}")
-        if self.kind in PARAM_KINDS and not self.name:
-            raise ValueError(f"a {self.kind} op needs a layer name")
-
-    @property
-    def fan_in(self) -> int:
-        """Inputs feeding one output unit: D for dense, C*KH*KW for conv (Caffe's ``count / num``)."""
-        return int(np.prod(self.w_shape[1:]))
+__all__ = [
+    "OP_KINDS",
+    "PARAM_KINDS",
+    "ForwardCache",
+    "NetSpec",
+    "Op",
+    "backward",
+    "bias_key",
+    "check_params",
+    "error_rate",
+    "forward",
+    "init_params",
+    "loss_and_grads",
+    "param_key",
+    "predict",
+    "weight_key",
+]
 
 
 @dataclass(frozen=True)
@@ -83,7 +56,12 @@ class NetSpec:
     @property
     def layers(self) -> tuple[Op, ...]:
         """The parametric ops (the ones with weights, masks and Caffe names), in order."""
-        return tuple(op for op in self.ops if op.kind in PARAM_KINDS)
+        return tuple(op for op in self.ops if OPS[op.kind].has_params)
+
+    @property
+    def first_layer_index(self) -> int:
+        """Index in ``ops`` of the first parametric op; backward passes stop there (no gradient for data)."""
+        return next(i for i, op in enumerate(self.ops) if OPS[op.kind].has_params)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -93,17 +71,12 @@ class NetSpec:
         """``{"<layer>.weight": shape, "<layer>.bias": shape}`` in layer order."""
         shapes: dict[str, tuple[int, ...]] = {}
         for op in self.layers:
-            shapes[f"{op.name}.weight"] = op.w_shape
-            shapes[f"{op.name}.bias"] = op.b_shape
+            shapes[weight_key(op.name)] = op.w_shape
+            shapes[bias_key(op.name)] = op.b_shape
         return shapes
 
     def n_params(self) -> int:
         return int(sum(np.prod(s) for s in self.param_shapes().values()))
-
-
-def param_key(layer: str, kind: str) -> str:
-    """``param_key("ip1", "weight") == "ip1.weight"``."""
-    return f"{layer}.{kind}"
 
 
 def init_params(spec: NetSpec, *, rng: np.random.Generator, dtype=np.float32) -> dict[str, np.ndarray]:
@@ -124,8 +97,8 @@ def init_params(spec: NetSpec, *, rng: np.random.Generator, dtype=np.float32) ->
     params: dict[str, np.ndarray] = {}
     for op in spec.layers:
         scale = np.sqrt(3.0 / op.fan_in)
-        params[param_key(op.name, "weight")] = rng.uniform(-scale, scale, size=op.w_shape).astype(dtype)
-        params[param_key(op.name, "bias")] = np.zeros(op.b_shape, dtype=dtype)
+        params[weight_key(op.name)] = rng.uniform(-scale, scale, size=op.w_shape).astype(dtype)
+        params[bias_key(op.name)] = np.zeros(op.b_shape, dtype=dtype)
     return params
 
 
@@ -175,20 +148,7 @@ def forward(
     outputs = []
     h = x
     for op in spec.ops:
-        if op.kind == "dense":
-            w = params[op.name + ".weight"]
-            layer_forward = sparse_dense_forward if isinstance(w, SparseWeight) else dense_forward
-            h, c = layer_forward(h, w, params[op.name + ".bias"])
-        elif op.kind == "conv":
-            h, c = conv2d_forward(
-                h, params[op.name + ".weight"], params[op.name + ".bias"], stride=op.stride, pad=op.pad
-            )
-        elif op.kind == "pool":
-            h, c = maxpool_forward(h, size=op.size, stride=op.stride)
-        elif op.kind == "relu":
-            h, c = relu_forward(h)
-        else:  # flatten
-            h, c = flatten_forward(h)
+        h, c = OPS[op.kind].forward(op, params, h)
         caches.append(c)
         if keep_outputs:
             outputs.append(h)
@@ -203,23 +163,11 @@ def backward(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache) -> dict[st
     """
     grads: dict[str, np.ndarray] = {}
     d = dlogits
-    first_param = next(i for i, op in enumerate(spec.ops) if op.kind in PARAM_KINDS)
-    for i in range(len(spec.ops) - 1, first_param - 1, -1):
+    first = spec.first_layer_index
+    for i in range(len(spec.ops) - 1, first - 1, -1):
         op = spec.ops[i]
-        c = cache.op_caches[i]
-        if op.kind == "dense":
-            layer_backward = sparse_dense_backward if isinstance(c, SparseDenseCache) else dense_backward
-            d, dw, db = layer_backward(d, c, need_dx=i != first_param)
-            grads[op.name + ".weight"], grads[op.name + ".bias"] = dw, db
-        elif op.kind == "conv":
-            d, dw, db = conv2d_backward(d, c, need_dx=i != first_param)
-            grads[op.name + ".weight"], grads[op.name + ".bias"] = dw, db
-        elif op.kind == "pool":
-            d = maxpool_backward(d, c)
-        elif op.kind == "relu":
-            d = relu_backward(d, c)
-        else:
-            d = flatten_backward(d, c)
+        d, op_grads = OPS[op.kind].backward(op, d, cache.op_caches[i], need_dx=i != first)
+        grads.update(op_grads)
     return {k: grads[k] for k in spec.param_shapes()}
 
 

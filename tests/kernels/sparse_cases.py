@@ -26,7 +26,3 @@ def csr64(w: np.ndarray) -> CSRMatrix:
     rows = np.repeat(np.arange(w.shape[0]), np.diff(c.indptr))
     return CSRMatrix(c.indptr, c.indices, w[rows, c.indices], c.shape)
 
-
-def sparse_vectors(n: int, *, dtype=np.float32) -> st.SearchStrategy[np.ndarray]:
-    """Activations with many exact zeros (ReLU outputs, MNIST background)."""
-    return float_arrays((n,), dtype=dtype).map(lambda v: np.where(np.abs(v) < 0.3, 0, v).astype(dtype))

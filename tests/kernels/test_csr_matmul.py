@@ -76,3 +76,37 @@ def test_bad_input_is_a_named_error():
     for f in (csr_matmul, csr_matmul_parallel):
         with pytest.raises(NonFiniteError, match=r"\(1, 1\)"):
             f(c.indptr, c.indices, c.data, x, n_in=3)
+
+
+def test_preallocated_out_and_scratch_are_used_and_checked(rng):
+    w = (rng.standard_normal((3, 5)) * (rng.random((3, 5)) < 0.6)).astype(np.float32)
+    x = rng.standard_normal((7, 5)).astype(np.float32)  # sample-major
+    c = csr_from_dense(w)
+    args = (c.indptr, c.indices, c.data, x)
+    want = csr_matmul(*args, n_in=5, x_layout="sample")
+    out = np.empty((3, 7), np.float32)
+    scratch = mm.workspace(5, 7, 2)
+    for parallel in (False, True):
+        got = csr_matmul(*args, n_in=5, x_layout="sample", out=out, scratch=scratch, parallel=parallel)
+        assert got is out
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="out has shape"):
+        csr_matmul(*args, n_in=5, x_layout="sample", out=np.empty((7, 3), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        csr_matmul(*args, n_in=5, x_layout="sample", out=np.empty((3, 7)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        csr_matmul(*args, n_in=5, x_layout="sample", out=np.empty((7, 3), np.float32).T)
+    with pytest.raises(ValueError, match="scratch has shape"):
+        csr_matmul(*args, n_in=5, x_layout="sample", scratch=mm.workspace(4, 7))
+
+
+def test_unchecked_weights_still_get_the_cheap_checks():
+    c = csr_from_dense(np.eye(3, dtype=np.float32))
+    x = np.ones((3, 2), np.float32)
+    data = c.data.copy()
+    data[1] = np.nan  # a content error: only the full check scans for it
+    with pytest.raises(NonFiniteError):
+        csr_matmul(c.indptr, c.indices, data, x, n_in=3)
+    assert np.isnan(csr_matmul(c.indptr, c.indices, data, x, n_in=3, check_weights=False)[1]).all()
+    with pytest.raises(SparseFormatError, match="int32"):  # a structure error: always checked
+        csr_matmul(c.indptr.astype(np.int64), c.indices, c.data, x, n_in=3, check_weights=False)

@@ -69,3 +69,20 @@ def test_mismatched_shapes_are_named_errors():
         mlp_forward_fused(packed, np.ones((1, 4), np.float32))
     with pytest.raises(TypeError, match="float32"):
         mlp_forward_fused(packed, np.ones((1, 3), np.float64))
+
+
+def test_preallocated_out_and_parallel_flag(rng):
+    ws = [rng.standard_normal((4, 6)).astype(np.float32), rng.standard_normal((2, 4)).astype(np.float32)]
+    bs = [rng.standard_normal(k).astype(np.float32) for k in (4, 2)]
+    packed = pack_mlp(_layers(ws, bs))
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    want = mlp_forward_fused(packed, x)
+    out = np.empty((5, 2), np.float32)
+    for parallel in (False, True):
+        got = mlp_forward_fused(packed, x, out=out, parallel=parallel)
+        assert got is out
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="out has shape"):
+        mlp_forward_fused(packed, x, out=np.empty((2, 5), np.float32))
+    with pytest.raises(ValueError, match="n_chunks"):
+        mlp_forward_fused(packed, x, parallel=True, n_chunks=0)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refdns.errors import NonFiniteError
+from refdns.errors import NonFiniteError, SparseFormatError
 from refdns.kernels.sparse_conv import sparse_conv2d, sparse_conv2d_parallel, sparse_conv2d_ref
 from refdns.layers import conv2d_forward, maxpool_forward
 from refdns.sparse import csr_from_dense
@@ -70,3 +70,21 @@ def test_bad_input_is_a_named_error():
     x[0, 1, 2, 3] = np.inf
     with pytest.raises(NonFiniteError):
         sparse_conv2d_parallel(c.indptr, c.indices, c.data, x, w_shape=(2, 3, 3, 3))
+
+
+def test_preallocated_out_parallel_and_unchecked_weights(rng):
+    w = (rng.standard_normal((4, 2 * 9)) * (rng.random((4, 18)) < 0.5)).astype(np.float32)
+    x = rng.standard_normal((2, 2, 8, 8)).astype(np.float32)
+    c = csr_from_dense(w)
+    args = (c.indptr, c.indices, c.data, x)
+    want = sparse_conv2d(*args, w_shape=(4, 2, 3, 3), pool=2)
+    out = np.empty((2, 4, 3, 3), np.float32)
+    for parallel in (False, True):
+        got = sparse_conv2d(*args, w_shape=(4, 2, 3, 3), pool=2, out=out, parallel=parallel,
+                            check_weights=False)
+        assert got is out
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="out has shape"):
+        sparse_conv2d(*args, w_shape=(4, 2, 3, 3), out=out)  # the unpooled output is 6x6
+    with pytest.raises(SparseFormatError, match="indptr has length"):
+        sparse_conv2d(c.indptr[:-1], c.indices, c.data, x, w_shape=(4, 2, 3, 3), check_weights=False)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from refdns.nets import get_spec, init_params, loss_and_grads
+from refdns.nets import bias_key, get_spec, init_params, loss_and_grads, weight_key
 from refdns.nets.sequential import check_params, forward
 
 
@@ -25,13 +25,13 @@ def test_xavier_init_follows_caffe(name, rng):
     spec = get_spec(name)
     params = init_params(spec, rng=rng)
     for op in spec.layers:
-        w = params[f"{op.name}.weight"]
+        w = params[weight_key(op.name)]
         scale = np.sqrt(3.0 / op.fan_in)
         assert w.dtype == np.float32
         assert np.abs(w).max() <= scale
         assert np.abs(w).max() > 0.9 * scale  # fills the whole range, not a narrower one
         assert abs(float(w.std()) - scale / np.sqrt(3)) < 0.1 * scale  # std of U(-s, s) is s/sqrt(3)
-        assert not params[f"{op.name}.bias"].any()
+        assert not params[bias_key(op.name)].any()
     again = init_params(spec, rng=np.random.default_rng(20161205))
     assert all(np.array_equal(params[k], again[k]) for k in params)
 

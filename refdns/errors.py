@@ -75,3 +75,11 @@ class InterchangeError(RefdnsError, ValueError):
 
 class SparseFormatError(RefdnsError, ValueError):
     """A sparse (CSR) matrix is malformed: wrong index dtype, lengths, pointers or out-of-range columns."""
+
+
+class CompressError(RefdnsError, ValueError):
+    """Deep Compression cannot proceed: non-finite weights, a mask or codebook that does not fit its layer."""
+
+
+class RdcError(CompressError):
+    """An ``.rdc`` compressed file is truncated, damaged (checksum), of an unknown version, or not one at all."""

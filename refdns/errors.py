@@ -82,4 +82,4 @@ class CompressError(RefdnsError, ValueError):
 
 
 class RdcError(CompressError):
-    """An ``.rdc`` compressed file is truncated, damaged (checksum), of an unknown version, or not one at all."""
+    """An ``.rdc`` compressed file is truncated, damaged (checksum), of an unknown version, or no .rdc."""

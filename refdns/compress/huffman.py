@@ -28,6 +28,7 @@ import heapq
 
 import numpy as np
 
+from refdns.compress._checks import int_vector
 from refdns.errors import CompressError
 
 #: Longest code the coder produces and the decoder accepts.
@@ -50,9 +51,7 @@ def code_lengths(freqs: np.ndarray) -> np.ndarray:
     lengths : ndarray, shape (S,), uint8
         0 for absent symbols; 1 for the only symbol of a one-symbol stream.
     """
-    f = np.asarray(freqs)
-    if f.ndim != 1 or not (np.issubdtype(f.dtype, np.integer) or f.size == 0):
-        raise CompressError(f"freqs must be a 1-D integer array, got shape {f.shape} dtype {f.dtype}")
+    f = int_vector("freqs", freqs)
     if f.size and int(f.min()) < 0:
         raise CompressError("freqs must be non-negative")
     lengths = np.zeros(f.size, dtype=np.uint8)
@@ -90,10 +89,7 @@ def check_lengths(lengths: np.ndarray) -> np.ndarray:
     Lengths must lie in [0, :data:`MAX_CODE_BITS`] and satisfy Kraft's inequality
     ``sum 2^-len <= 1`` (the lengths of a prefix code); a damaged table is refused here.
     """
-    lens = np.asarray(lengths)
-    if lens.ndim != 1 or not (np.issubdtype(lens.dtype, np.integer) or lens.size == 0):
-        raise CompressError(f"code lengths must be a 1-D integer array, got shape {lens.shape} dtype {lens.dtype}")
-    lens = lens.astype(np.int64)
+    lens = int_vector("code lengths", lengths)
     if lens.size and (int(lens.min()) < 0 or int(lens.max()) > MAX_CODE_BITS):
         raise CompressError(f"code lengths must lie in [0, {MAX_CODE_BITS}], got [{int(lens.min())}, "
                             f"{int(lens.max())}]")
@@ -146,12 +142,9 @@ def huffman_encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int
     """
     lens = check_lengths(lengths)
     codes = canonical_codes(lens)
-    sym = np.asarray(symbols)
-    if sym.ndim != 1 or not (np.issubdtype(sym.dtype, np.integer) or sym.size == 0):
-        raise CompressError(f"symbols must be a 1-D integer array, got shape {sym.shape} dtype {sym.dtype}")
+    sym = int_vector("symbols", symbols)
     if sym.size == 0:
         return b"", 0
-    sym = sym.astype(np.int64)
     if int(sym.min()) < 0 or int(sym.max()) >= lens.size:
         raise CompressError(f"symbols range over [{int(sym.min())}, {int(sym.max())}], outside the alphabet "
                             f"of {lens.size}")

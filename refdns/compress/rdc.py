@@ -43,7 +43,7 @@ MAX_INDEX_BITS = 16
 
 @dataclass(frozen=True)
 class EncodedLayer:
-    """One layer as it is stored: the codebook, two Huffman streams with their code-length tables, the bias."""
+    """One layer as stored: codebook, two Huffman streams with their code-length tables, the bias."""
 
     name: str
     kind: str
@@ -85,13 +85,15 @@ def encode_layer(layer: QuantizedLayer, index_bits: int) -> EncodedLayer:
     """Huffman-code one quantised layer's cluster indices and relative positions."""
     if isinstance(index_bits, bool) or not isinstance(index_bits, (int, np.integer)) \
             or not 1 <= index_bits <= MAX_INDEX_BITS:
-        raise ConfigError(f"index_bits for {layer.name}={index_bits!r} must be an int in [1, {MAX_INDEX_BITS}]")
+        raise ConfigError(f"index_bits for {layer.name}={index_bits!r} must be an int in "
+                          f"[1, {MAX_INDEX_BITS}]")
     index_bits = int(index_bits)
     if layer.mask.size > MAX_LAYER_ENTRIES:
         raise CompressError(f"layer {layer.name!r} has {layer.mask.size} weights, over the format's "
                             f"{MAX_LAYER_ENTRIES}")
     if any(d > 2**32 - 1 for d in layer.shape) or layer.mask.size == 0:
-        raise CompressError(f"layer {layer.name!r}: shape {layer.shape} is empty or has a dimension over 2^32 - 1")
+        raise CompressError(f"layer {layer.name!r}: shape {layer.shape} is empty or has a dimension "
+                            "over 2^32 - 1")
     idx = layer.indices.astype(np.int64)
     idx_len = code_lengths(np.bincount(idx, minlength=layer.n_clusters))
     idx_data, idx_nbits = huffman_encode(idx, idx_len)
@@ -99,8 +101,8 @@ def encode_layer(layer: QuantizedLayer, index_bits: int) -> EncodedLayer:
     pos_len = code_lengths(np.bincount(rel, minlength=filler(index_bits) + 1))
     pos_data, pos_nbits = huffman_encode(rel, pos_len)
     return EncodedLayer(layer.name, layer.kind, layer.shape, layer.bits, index_bits, layer.codebook,
-                        int(idx.size), idx_len, idx_nbits, idx_data, int(rel.size), pos_len, pos_nbits, pos_data,
-                        layer.bias, layer.bias_mask)
+                        int(idx.size), idx_len, idx_nbits, idx_data, int(rel.size), pos_len, pos_nbits,
+                        pos_data, layer.bias, layer.bias_mask)
 
 
 def _name_bytes(name: str, what: str) -> bytes:
@@ -250,8 +252,8 @@ def _read_layer(r: _Reader, name: str) -> tuple[QuantizedLayer, int]:
     mask = np.zeros(size, dtype=bool)
     mask[positions] = True
     try:
-        layer = QuantizedLayer(name, kind, bits, codebook, indices.astype(np.int32), mask.reshape(shape), bias,
-                               bias_mask)
+        layer = QuantizedLayer(name, kind, bits, codebook, indices.astype(np.int32), mask.reshape(shape),
+                               bias, bias_mask)
     except CompressError as e:
         raise r.fail(str(e)) from None
     return layer, index_bits

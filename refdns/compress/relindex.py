@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from refdns.compress._checks import int_vector
 from refdns.errors import CompressError
 from refdns.sparse import HAN_INDEX_BITS, relative_index_entries
 
@@ -35,7 +36,8 @@ def filler(index_bits: int) -> int:
 
 
 def _check_index_bits(index_bits: object) -> int:
-    if isinstance(index_bits, bool) or not isinstance(index_bits, (int, np.integer)) or not 1 <= index_bits <= 16:
+    if isinstance(index_bits, bool) or not isinstance(index_bits, (int, np.integer)) \
+            or not 1 <= index_bits <= 16:
         raise CompressError(f"index_bits={index_bits!r} must be an int in [1, 16]")
     return int(index_bits)
 
@@ -56,10 +58,7 @@ def relative_index_stream(flat_positions: np.ndarray, index_bits: int) -> np.nda
         weight's symbol is the zeros skipped before it (0 .. 2^k - 1), a filler's is :func:`filler` (2^k).
     """
     k = _check_index_bits(index_bits)
-    pos = np.asarray(flat_positions)
-    if pos.ndim != 1 or not (np.issubdtype(pos.dtype, np.integer) or pos.size == 0):
-        raise CompressError(f"flat_positions must be a 1-D integer array, got shape {pos.shape} dtype {pos.dtype}")
-    pos = pos.astype(np.int64)
+    pos = int_vector("flat_positions", flat_positions)
     if pos.size == 0:
         return np.zeros(0, dtype=np.int64)
     if int(pos[0]) < 0 or (np.diff(pos) <= 0).any():

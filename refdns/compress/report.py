@@ -7,8 +7,8 @@ n weights, b biases, nnz kept weights, K centroids, ``bits``-bit cluster indices
 (``entries`` = nnz + fillers, counted by :func:`refdns.sparse.relative_index_entries`):
 
 - ``dense_bytes``      = 4 (n + b)                                  every weight and bias float32;
-- ``pruned_bytes``     = ceil(entries (32 + k) / 8) + 4 b           P: float32 value + k-bit relative index per
-  entry (fillers included), the same count as :func:`refdns.sparse.storage_report`'s ``rel_bytes``;
+- ``pruned_bytes``     = ceil(entries (32 + k) / 8) + 4 b           P: float32 value + k-bit relative index
+  per entry (fillers included), the same count as :func:`refdns.sparse.storage_report`'s ``rel_bytes``;
 - ``quantized_bytes``  = ceil(entries (bits + k) / 8) + 4 K + 4 b   P+Q: a ``bits``-bit cluster index instead
   of the value (a filler still takes one, as the paper's zero does), plus the float32 codebook;
 - ``huffman_bytes``    = ceil(H_idx / 8) + ceil(H_pos / 8) + 4 K + 4 b   P+Q+H: the two Huffman streams of

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from refdns.compress._checks import int_vector
 from refdns.errors import CompressError
 
 
@@ -30,16 +31,14 @@ def _check_tie(indices: np.ndarray, mask: np.ndarray, n_clusters: int, what: str
     mask = np.asarray(mask)
     if mask.dtype != np.bool_:
         raise CompressError(f"mask must be a bool array, got dtype {mask.dtype} ({what})")
-    idx = np.asarray(indices)
-    if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
-        raise CompressError(f"indices must be a 1-D integer array, got shape {idx.shape} dtype {idx.dtype} ({what})")
+    idx = int_vector(f"indices ({what})", indices)
     kept = int(np.count_nonzero(mask))
     if idx.size != kept:
         raise CompressError(f"indices has {idx.size} entries but the mask keeps {kept} weights ({what})")
     if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n_clusters):
         raise CompressError(f"indices range over [{int(idx.min())}, {int(idx.max())}], outside the "
                             f"{n_clusters} clusters ({what})")
-    return idx.astype(np.int64, copy=False)
+    return idx
 
 
 def shared_weights(codebook: np.ndarray, indices: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -143,7 +143,7 @@ def test_bad_length_tables_are_refused():
 
 @given(streams(max_len=60), st.data())
 def test_damaged_streams_are_refused_or_decode_within_bounds(case, data):
-    """Truncated, padded or bit-flipped streams never hang: they raise CompressError or decode to n symbols."""
+    """Truncated or bit-flipped streams never hang: they raise CompressError or decode to n symbols."""
     alphabet, symbols = case
     lengths = code_lengths(np.bincount(symbols, minlength=alphabet))
     raw, n_bits = huffman_encode(symbols, lengths)

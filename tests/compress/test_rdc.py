@@ -82,15 +82,17 @@ def test_edge_layers_round_trip(tmp_path, rng):
     empty = random_layer(rng, "empty", (4, 50), 0.0, 5)
     last = np.zeros((3, 7000), dtype=bool)
     last[-1, -1] = True
+    bias = np.array([1.0, -0.0, np.float32(3e-41)], dtype=np.float32)  # a subnormal too
     single = QuantizedLayer("single", "dense", 1, np.array([-0.0], dtype=np.float32), np.zeros(1, np.int32),
-                            last, np.array([1.0, -0.0, np.float32(3e-41)], dtype=np.float32), np.ones(3, bool))
+                            last, bias, np.ones(3, bool))
     full = random_layer(rng, "full", (5, 2, 3, 3), 1.0, 8)
     assert empty.n_clusters == 0 and full.mask.all()
     path = assert_round_trip(tmp_path, "edges", [empty, single, full], index_bits={"single": 2})
     assert read_rdc(path)[1]["single.weight"][-1, -1].tobytes() == np.float32(-0.0).tobytes()
 
 
-@pytest.mark.parametrize(("net", "density"), [("lenet-300-100", 0.08), ("lenet-5", 0.1), ("lenet-300-100", 1.0)])
+@pytest.mark.parametrize(("net", "density"),
+                         [("lenet-300-100", 0.08), ("lenet-5", 0.1), ("lenet-300-100", 1.0)])
 def test_lenet_shaped_nets_round_trip(tmp_path, rng, net, density):
     spec = get_spec(net)
     params = init_params(spec, rng=rng)

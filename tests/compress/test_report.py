@@ -1,4 +1,4 @@
-"""Bytes per Deep Compression stage on a magnitude-pruned random LeNet, checked against sparse.py and the file."""
+"""Bytes per Deep Compression stage on magnitude-pruned random LeNets, against sparse.py and the file."""
 
 from __future__ import annotations
 

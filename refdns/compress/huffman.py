@@ -37,6 +37,9 @@ MAX_CODE_BITS = 64
 #: Codes up to this length decode through a lookup table of 2^TABLE_BITS entries.
 TABLE_BITS = 16
 
+#: Bit positions whose table lookups are computed at once while decoding.
+WINDOW_BLOCK = 1 << 20
+
 
 def code_lengths(freqs: np.ndarray) -> np.ndarray:
     """Huffman code length of every symbol from its frequency.
@@ -216,20 +219,19 @@ def huffman_decode(data: bytes, n_bits: int, lengths: np.ndarray, n_symbols: int
     t = min(max_len, TABLE_BITS)
     sym_tab, len_tab = _decode_tables(lens, codes, t)
     padded = np.concatenate([bits[:n_bits], np.zeros(t, dtype=np.uint8)])
-    # window[p] = the t bits starting at bit p, as an integer (zeros past the end).
-    window = np.zeros(n_bits, dtype=np.int32)
-    for j in range(t):
-        window |= padded[j : j + n_bits].astype(np.int32) << (t - 1 - j)
-    win_sym = sym_tab[window]  # (n_bits,) symbol whose code starts at each bit, -1 if longer/invalid
-    win_len = len_tab[window]
     out = np.empty(n_symbols, dtype=np.int64)
+    lo = hi = 0
+    win_sym = win_len = np.zeros(0, dtype=np.int32)
     p = 0
     for i in range(n_symbols):
         if p >= n_bits:
             raise CompressError(f"the stream ends after {i} of {n_symbols} symbols")
-        n = int(win_len[p])
+        if p >= hi:  # the lookups of the next block of bit positions (memory stays O(block))
+            lo, hi = p, min(p + WINDOW_BLOCK, n_bits)
+            win_sym, win_len = _window_lookup(padded, lo, hi, t, sym_tab, len_tab)
+        n = int(win_len[p - lo])
         if n:
-            out[i] = win_sym[p]
+            out[i] = win_sym[p - lo]
         else:
             out[i], n = _decode_long(padded, p, n_bits, lens, codes, t, max_len)
         p += n
@@ -238,6 +240,15 @@ def huffman_decode(data: bytes, n_bits: int, lengths: np.ndarray, n_symbols: int
     if p != n_bits:
         raise CompressError(f"{n_bits - p} bits are left over after {n_symbols} symbols")
     return out
+
+
+def _window_lookup(padded: np.ndarray, lo: int, hi: int, t: int, sym_tab: np.ndarray, len_tab: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Table lookups for bit positions lo .. hi-1: the symbol and length of the code starting at each."""
+    window = np.zeros(hi - lo, dtype=np.int32)  # the t bits starting at each position, as an integer
+    for j in range(t):
+        window |= padded[lo + j : hi + j].astype(np.int32) << (t - 1 - j)
+    return sym_tab[window], len_tab[window]  # symbol -1 / length 0: a longer code, or no code
 
 
 def _decode_long(bits: np.ndarray, p: int, n_bits: int, lens: np.ndarray, codes: np.ndarray,

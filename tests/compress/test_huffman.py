@@ -126,6 +126,22 @@ def test_codes_longer_than_the_lookup_table():
     assert reference_decode(data, n_bits, lengths) == symbols.tolist()
 
 
+@given(streams(max_len=200))
+def test_decoding_in_small_blocks_of_lookups(case):
+    """The table lookups are computed per block of bit positions; a block boundary inside a code is fine."""
+    import refdns.compress.huffman as huffman
+
+    alphabet, symbols = case
+    lengths = code_lengths(np.bincount(symbols, minlength=alphabet))
+    data, n_bits = huffman_encode(symbols, lengths)
+    saved = huffman.WINDOW_BLOCK
+    huffman.WINDOW_BLOCK = 3
+    try:
+        np.testing.assert_array_equal(huffman_decode(data, n_bits, lengths, symbols.size), symbols)
+    finally:
+        huffman.WINDOW_BLOCK = saved
+
+
 def test_encoding_a_symbol_without_a_code_is_refused():
     lengths = np.array([1, 1, 0], dtype=np.uint8)
     with pytest.raises(CompressError, match="no code"):

@@ -81,6 +81,7 @@ class OutputError(RefdnsError, ValueError):
     """An output path would overwrite an input or another output, is not a regular file, already exists
     without ``--force``, or cannot be written."""
 
+
 class CompressError(RefdnsError, ValueError):
     """Deep Compression cannot proceed: non-finite weights, a mask or codebook that does not fit its layer."""
 

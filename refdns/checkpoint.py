@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from refdns.atomic import atomic_path
 from refdns.errors import CheckpointError
 from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec
+from refdns.prune.base import MaskUpdate
 from refdns.train import BatchStream, History, RunState
 
 FORMAT = "refdns-checkpoint"
@@ -105,7 +106,11 @@ def _check_seal(path: Path) -> bool:
         raise CheckpointError(f"{path}: the data does not match its SHA-256 seal: damaged, or edited after it "
                               "was written (after a deliberate edit, call refdns.checkpoint.seal)")
     return True
+
+
+# /history/mask_updates: one column per MaskUpdate field (the on-disk schema, so spelled out here)
 MASK_UPDATE_COLUMNS = ("iteration", "layer", "pruned", "spliced", "kept", "total")
+assert MASK_UPDATE_COLUMNS == tuple(f.name for f in fields(MaskUpdate))
 
 
 def _generator_from_state(state: dict[str, Any]) -> np.random.Generator:
@@ -202,10 +207,11 @@ def save(path: str | os.PathLike, state: RunState, *, method: str = "dense", con
             mu = h.create_group("mask_updates")
             recs = state.history.mask_updates
             for col in MASK_UPDATE_COLUMNS:
+                values = [getattr(r, col) for r in recs]
                 if col == "layer":
-                    mu.create_dataset(col, data=np.array([r[col] for r in recs], dtype=h5py.string_dtype()))
+                    mu.create_dataset(col, data=np.array(values, dtype=h5py.string_dtype()))
                 else:
-                    mu.create_dataset(col, data=np.array([r[col] for r in recs], dtype=np.int64))
+                    mu.create_dataset(col, data=np.array(values, dtype=np.int64))
             f.attrs[MANIFEST_ATTR] = json.dumps(_manifest(f), sort_keys=True)
             f.flush()
         seal(tmp)
@@ -381,11 +387,14 @@ def _load_open(f: h5py.File, path: Path, sealed: bool) -> Checkpoint:
         if c != "layer" and v.dtype != np.int64:
             raise CheckpointError(f"{path}: /history/mask_updates/{c} has dtype {v.dtype}, expected int64")
     del mu
-    records = [
-        {c: (cols[c][i].decode() if c == "layer" and isinstance(cols[c][i], bytes) else
-             cols[c][i] if c == "layer" else int(cols[c][i])) for c in MASK_UPDATE_COLUMNS}
-        for i in range(n_rec)
-    ]
+    layers = [v.decode() if isinstance(v, bytes) else str(v) for v in cols["layer"]]
+    try:
+        records = [
+            MaskUpdate(**{c: layers[i] if c == "layer" else int(cols[c][i]) for c in MASK_UPDATE_COLUMNS})
+            for i in range(n_rec)
+        ]
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: /history/mask_updates holds an invalid record: {e}") from None
     history = History(
         loss=[(int(a), float(b)) for a, b in _pairs_dataset(f, "/history/loss", path)],
         lr=[(int(a), float(b)) for a, b in _pairs_dataset(f, "/history/lr", path)],

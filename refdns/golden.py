@@ -218,16 +218,14 @@ def write_golden(
                 _put_params(g.create_group("params"), state.params, np.float32, max_elements)
                 summary["loss"].append(loss)
                 if isinstance(method, DNS):
-                    by_layer = {r["layer"]: r for r in rec["records"]}
+                    by_layer = {r.layer: r for r in rec["records"]}
                     th = g.create_group("thresholds")
                     for k in ("a", "b", "mu", "std", "t"):
                         _put(th, k, np.array([float(state.method_state[f"{n}.{k}"]) for n in layers]))
                     s = g.create_group("surgery")
                     fired = np.array([n in by_layer for n in layers], dtype=np.uint8)
-                    pruned = np.array([by_layer.get(n, {}).get("pruned", 0) for n in layers], dtype=np.int64)
-                    spliced = np.array(
-                        [by_layer.get(n, {}).get("spliced", 0) for n in layers], dtype=np.int64
-                    )
+                    pruned = np.array([by_layer[n].pruned if n in by_layer else 0 for n in layers], dtype=np.int64)
+                    spliced = np.array([by_layer[n].spliced if n in by_layer else 0 for n in layers], dtype=np.int64)
                     _put(s, "fired", fired)
                     _put(s, "pruned", pruned)
                     _put(s, "spliced", spliced)

@@ -30,7 +30,7 @@ from refdns.errors import NonFiniteError
 from refdns.nets.sequential import NetSpec, backward, error_rate, forward, init_params
 from refdns.layers import softmax_cross_entropy
 from refdns.optim import SGDConfig, sgd_step, zeros_like_params
-from refdns.prune.base import PruningMethod, all_ones_masks
+from refdns.prune.base import MaskUpdate, PruningMethod, all_ones_masks
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class History:
     loss: list[tuple[int, float]] = field(default_factory=list)  # (iteration, training loss)
     lr: list[tuple[int, float]] = field(default_factory=list)
     test_error: list[tuple[int, float]] = field(default_factory=list)
-    mask_updates: list[dict[str, Any]] = field(default_factory=list)  # one record per layer update
+    mask_updates: list[MaskUpdate] = field(default_factory=list)  # one per layer update
 
 
 @dataclass

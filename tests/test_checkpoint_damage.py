@@ -65,9 +65,9 @@ def test_dns_resume_is_bit_exact(mnist, tmp_path):
     ck = checkpoint.load(checkpoint.save(tmp_path / "half.h5", half, method="dns"))
     resumed = train(ck.state, x, y, cfg, method=_dns(), until=24)
     _assert_same_run(straight, resumed)
-    fired = {r["iteration"] for r in straight.history.mask_updates}
+    fired = {r.iteration for r in straight.history.mask_updates}
     assert 0 < len(fired) < 24, "the draws must both fire and skip for this test to pin the mask stream"
-    assert any(r["pruned"] for r in straight.history.mask_updates)
+    assert any(r.pruned for r in straight.history.mask_updates)
 
 
 def test_schema_1_files_still_load(mnist, tmp_path):

@@ -20,13 +20,60 @@ the method trains when its schedule fixes that (Han's rounds; 0 for a one-shot p
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from refdns.nets.sequential import NetSpec
+
+
+@dataclass(frozen=True)
+class MaskUpdate:
+    """One layer's mask update at one iteration: a row of a run's history (and of its checkpoint).
+
+    Counts are entries of the layer's weights and biases together (OBD and OBS: weights only).
+
+    Attributes
+    ----------
+    iteration : int
+        The iteration whose forward pass first used the new masks.
+    layer : str
+        The Caffe layer name, e.g. ``"ip1"``.
+    pruned, spliced : int
+        Entries this update switched off, and switched back on (DNS's splicing; 0 for the other methods).
+    kept, total : int
+        Entries on after the update, and all entries.
+    """
+
+    iteration: int
+    layer: str
+    pruned: int
+    spliced: int
+    kept: int
+    total: int
+
+    def __post_init__(self):
+        if not isinstance(self.layer, str) or not self.layer:
+            raise TypeError(f"layer={self.layer!r} must be a non-empty str")
+        for name in ("iteration", "pruned", "spliced", "kept", "total"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TypeError(f"{name}={value!r} must be a non-negative int")
+        if self.total < 1 or self.kept > self.total:
+            raise ValueError(f"kept={self.kept}, total={self.total} must satisfy kept <= total and total >= 1")
+
+    @property
+    def density(self) -> float:
+        """``kept / total``, the fraction of the layer's entries left on."""
+        return self.kept / self.total
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (the checkpoint's columns; ``density`` is not a field)."""
+        return dataclasses.asdict(self)
 
 
 class PruningMethod:
@@ -63,11 +110,11 @@ class PruningMethod:
         masks: dict[str, np.ndarray],
         state: dict[str, np.ndarray],
         rng: np.random.Generator,
-    ) -> list[dict[str, Any]]:
+    ) -> list[MaskUpdate]:
         """Change ``masks`` (and ``state``) in place before the forward pass of ``iteration``.
 
-        Returns one statistics record per layer that was updated, e.g.
-        ``{"iteration": 12, "layer": "ip1", "pruned": 40, "spliced": 3, "density": 0.31}``;
+        Returns one :class:`MaskUpdate` per layer that was updated, e.g.
+        ``MaskUpdate(iteration=12, layer="ip1", pruned=40, spliced=3, kept=72_000, total=235_500)``;
         an empty list when nothing was updated.
         """
         return []
@@ -130,12 +177,14 @@ class OneShotOnData(PruningMethod):
         self.spec = spec
         return {}
 
-    def _weight_records(self, iteration: int, old: dict[str, np.ndarray], new: dict[str, np.ndarray]):
-        """One mask-update record per layer's weight for a one-shot prune from ``old`` to ``new`` masks."""
+    def _weight_records(
+        self, iteration: int, old: dict[str, np.ndarray], new: dict[str, np.ndarray]
+    ) -> list[MaskUpdate]:
+        """One mask update per layer's weight for a one-shot prune from ``old`` to ``new`` masks."""
         records = []
         for op in self.spec.layers:
             key = op.name + ".weight"
-            records.append({"iteration": int(iteration), "layer": op.name,
-                            "pruned": int(np.count_nonzero(old[key] & ~new[key])), "spliced": 0,
-                            "kept": int(np.count_nonzero(new[key])), "total": int(new[key].size)})
+            records.append(MaskUpdate(iteration=int(iteration), layer=op.name,
+                                      pruned=int(np.count_nonzero(old[key] & ~new[key])), spliced=0,
+                                      kept=int(np.count_nonzero(new[key])), total=int(new[key].size)))
         return records

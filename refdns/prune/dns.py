@@ -31,7 +31,7 @@ from refdns.config import check_number, to_dict
 from refdns.errors import ConfigError
 from refdns.kernels.hysteresis import hysteresis_update
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod
+from refdns.prune.base import MaskUpdate, PruningMethod
 
 READINGS = ("caffe", "distiller")
 
@@ -233,6 +233,6 @@ class DNS(PruningMethod):
                 spliced += s
                 kept += k
             total = masks[f"{layer}.weight"].size + masks[f"{layer}.bias"].size
-            records.append({"iteration": int(iteration), "layer": layer, "pruned": pruned, "spliced": spliced,
-                            "kept": kept, "total": total})
+            records.append(MaskUpdate(iteration=int(iteration), layer=layer, pruned=pruned, spliced=spliced,
+                                      kept=kept, total=total))
         return records

@@ -36,7 +36,8 @@ from refdns.nets.sequential import NetSpec
 from refdns.optim import SGDConfig
 from refdns.prune.base import PruningMethod
 from refdns.prune.dns import DNS, DNSConfig, DNSLayerConfig
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 
 FORMAT = "refdns-trace"
 SCHEMA_VERSION = 1

@@ -6,7 +6,8 @@ from refdns import checkpoint
 from refdns.errors import CheckpointError
 from refdns.nets import get_spec
 from refdns.prune.base import MaskUpdate
-from refdns.train import TrainConfig, new_run, train
+from refdns.run import TrainConfig, new_run
+from refdns.train import train
 
 
 @pytest.fixture

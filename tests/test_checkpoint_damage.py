@@ -25,7 +25,8 @@ from refdns import checkpoint
 from refdns.errors import CheckpointError
 from refdns.nets import get_spec
 from refdns.prune.dns import DNS, DNSConfig, DNSLayerConfig
-from refdns.train import TrainConfig, new_run, train
+from refdns.run import TrainConfig, new_run
+from refdns.train import train
 
 DAMAGE = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -88,7 +89,7 @@ _WRITER = """
 import sys
 from refdns import checkpoint
 from refdns.nets import get_spec
-from refdns.train import TrainConfig, new_run
+from refdns.run import TrainConfig, new_run
 state = new_run(get_spec("lenet-5"), 100, TrainConfig(batch_size=10), seed=0)
 i = int(sys.argv[2])
 while True:

@@ -15,7 +15,8 @@ import pytest
 from refdns import cli, golden
 from refdns.errors import TraceError
 from refdns.nets import get_spec
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = REPO / "data" / "golden"

@@ -49,8 +49,8 @@ from refdns import checkpoint
 from refdns.datasets import load_mnist
 from refdns.layers import maxpool_forward
 from refdns.nets import forward
+from refdns.run import effective_params
 from refdns.sparse import SparseNet, format_storage
-from refdns.train import effective_params
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_MLP = ["/tmp/sparse-runs/l300-dns-a.h5", "/tmp/sparse-runs/l300-ip1-4_ip2-4_ip3-3.2.h5"]

@@ -70,7 +70,8 @@ def main() -> int:
     cfg = dict(ck.config, magnitude_standin={"from": args.dense, "density": density, "retrain": args.retrain})
     if args.retrain > 0:
         from refdns.datasets import load_mnist
-        from refdns.train import TrainConfig, evaluate, new_run, train
+        from refdns.run import TrainConfig, new_run
+        from refdns.train import evaluate, train
 
         x, y = load_mnist("train", data_dir=args.data_dir)
         xt, yt = load_mnist("test", data_dir=args.data_dir)

@@ -20,7 +20,8 @@ from refdns.prune.dns import (
     hysteresis,
     surgery_probability,
 )
-from refdns.train import TrainConfig, effective_params, new_run, train, train_step
+from refdns.run import TrainConfig, effective_params, new_run
+from refdns.train import train, train_step
 
 TINY = NetSpec(
     name="tiny",

@@ -27,7 +27,8 @@ from refdns.prune.magnitude import (
     top_k_mask,
 )
 from refdns.prune.random import RandomConfig, RandomPruning, random_mask
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 
 TINY = NetSpec(
     name="tiny",

@@ -49,7 +49,7 @@ def generator_from_state(state: Mapping[str, Any]) -> np.random.Generator:
         raise ValueError(f"rng state must be a bit-generator state dict, got {type(state).__name__}")
     name = state.get("bit_generator")
     bitgen_cls = getattr(np.random, str(name), None)
-    if bitgen_cls is None or not isinstance(bitgen_cls, type) or not issubclass(bitgen_cls, np.random.BitGenerator):
+    if not (isinstance(bitgen_cls, type) and issubclass(bitgen_cls, np.random.BitGenerator)):
         raise ValueError(f"unknown bit generator {name!r} in rng state")
     bg = bitgen_cls()
     bg.state = dict(state)
@@ -67,10 +67,16 @@ class BatchStream:
     STATE_KEYS = ("perm", "pos", "n", "batch_size", "bit_generator")
 
     def __init__(
-        self, n: int, batch_size: int, *, rng: np.random.Generator, perm: np.ndarray | None = None, pos: int = 0
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        rng: np.random.Generator,
+        perm: np.ndarray | None = None,
+        pos: int = 0,
     ):
-        """A new stream draws its first epoch's order from ``rng``; given ``perm`` and ``pos`` it continues that
-        epoch instead (:meth:`from_state`)."""
+        """A new stream draws its first epoch's order from ``rng``; given ``perm`` and ``pos`` it continues
+        that epoch instead (:meth:`from_state`)."""
         if batch_size > n:
             raise ValueError(f"batch_size={batch_size} is larger than the {n} training examples")
         self.n = n
@@ -171,7 +177,10 @@ def new_run(
         params = init_params(spec, rng=init_rng, dtype=dtype)
     else:
         params = {k: np.array(v, dtype=dtype, copy=True) for k, v in params.items()}
-    masks = all_ones_masks(params) if masks is None else {k: np.array(m, dtype=bool) for k, m in masks.items()}
+    if masks is None:
+        masks = all_ones_masks(params)
+    else:
+        masks = {k: np.array(m, dtype=bool) for k, m in masks.items()}
     return RunState(
         spec=spec,
         params=params,

@@ -64,7 +64,7 @@ class MaskUpdate:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise TypeError(f"{name}={value!r} must be a non-negative int")
         if self.total < 1 or self.kept > self.total:
-            raise ValueError(f"kept={self.kept}, total={self.total} must satisfy kept <= total and total >= 1")
+            raise ValueError(f"kept={self.kept}, total={self.total} must satisfy kept <= total, total >= 1")
 
     @property
     def density(self) -> float:
@@ -119,6 +119,17 @@ class PruningMethod:
         """
         return []
 
+    def trace_state(
+        self, spec: NetSpec, state: dict[str, np.ndarray], records: list[MaskUpdate]
+    ) -> dict[str, np.ndarray]:
+        """The tensors a golden trace (:mod:`refdns.golden`) records for this method after one step.
+
+        ``state`` is the method state after the step, ``records`` the step's mask updates. Returns arrays by
+        dataset path inside the step's group (e.g. ``"thresholds/a"``); per-layer arrays are in
+        ``spec.layer_names`` order. The unpruned base records nothing.
+        """
+        return {}
+
 
 def methods() -> dict[str, type[PruningMethod]]:
     """Every pruning method in :mod:`refdns.prune`, by name (importing each module of the package once)."""
@@ -145,6 +156,21 @@ def reproducible_methods() -> dict[str, type[PruningMethod]]:
 def all_ones_masks(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A bool mask of ones for every parameter (weights and biases)."""
     return {k: np.ones(v.shape, dtype=bool) for k, v in params.items()}
+
+
+def surgery_trace(layers: list[str], records: list[MaskUpdate]) -> dict[str, np.ndarray]:
+    """One step's mask updates per layer, in ``layers`` order, for :meth:`PruningMethod.trace_state`.
+
+    ``surgery/fired`` (uint8) is 1 for a layer updated this step; ``surgery/pruned`` and ``surgery/spliced``
+    (int64) count its entries switched off and on (0 where it was not updated).
+    """
+    by_layer = {r.layer: r for r in records}
+    updated = [by_layer.get(n) for n in layers]
+    return {
+        "surgery/fired": np.array([r is not None for r in updated], dtype=np.uint8),
+        "surgery/pruned": np.array([0 if r is None else r.pruned for r in updated], dtype=np.int64),
+        "surgery/spliced": np.array([0 if r is None else r.spliced for r in updated], dtype=np.int64),
+    }
 
 
 def kept_counts(masks: dict[str, np.ndarray]) -> dict[str, int]:

@@ -31,7 +31,7 @@ from refdns.config import check_number, to_dict
 from refdns.errors import ConfigError
 from refdns.kernels.hysteresis import hysteresis_update
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import MaskUpdate, PruningMethod
+from refdns.prune.base import MaskUpdate, PruningMethod, surgery_trace
 
 READINGS = ("caffe", "distiller")
 
@@ -236,3 +236,10 @@ class DNS(PruningMethod):
             records.append(MaskUpdate(iteration=int(iteration), layer=layer, pruned=pruned, spliced=spliced,
                                       kept=kept, total=total))
         return records
+
+    def trace_state(self, spec, state, records) -> dict[str, np.ndarray]:
+        """Each layer's thresholds (float64, computed at the first step) and the step's surgery."""
+        layers = list(spec.layer_names)
+        out = {f"thresholds/{k}": np.array([float(state[f"{n}.{k}"]) for n in layers])
+               for k in ("a", "b", "mu", "std", "t")}
+        return out | surgery_trace(layers, records)

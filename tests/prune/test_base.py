@@ -31,7 +31,8 @@ TINY = NetSpec(
 def test_mask_update_density_and_dict():
     r = MaskUpdate(iteration=12, layer="ip1", pruned=40, spliced=3, kept=60, total=240)
     assert r.density == 0.25
-    assert r.to_dict() == {"iteration": 12, "layer": "ip1", "pruned": 40, "spliced": 3, "kept": 60, "total": 240}
+    d = {"iteration": 12, "layer": "ip1", "pruned": 40, "spliced": 3, "kept": 60, "total": 240}
+    assert r.to_dict() == d
     assert MaskUpdate(**r.to_dict()) == r
 
 

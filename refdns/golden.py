@@ -32,6 +32,7 @@ from refdns import __version__
 from refdns.atomic import atomic_path
 from refdns.config import to_dict
 from refdns.errors import TraceError
+from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec
 from refdns.optim import SGDConfig
 from refdns.prune.base import PruningMethod
@@ -84,8 +85,6 @@ TOLERANCES: dict[str, Tolerance] = {
 
 def golden_method(net: str, method: str) -> PruningMethod:
     """The pruning method a golden of ``method`` runs: ``dense`` (none) or the golden DNS settings."""
-    from refdns.nets import get_spec
-
     spec = get_spec(net)
     if method == "dense":
         return PruningMethod()

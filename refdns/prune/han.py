@@ -42,7 +42,7 @@ import numpy as np
 from refdns.config import check_number, to_dict
 from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod
+from refdns.prune.base import MaskUpdate, PruningMethod
 from refdns.prune.magnitude import (
     check_densities,
     check_layers,
@@ -246,7 +246,7 @@ class Han(PruningMethod):
                 out[key] = han_mask(params[key], masks[key], threshold)
         return out
 
-    def update_masks(self, iteration, params, masks, state, rng) -> list[dict[str, Any]]:
+    def update_masks(self, iteration, params, masks, state, rng) -> list[MaskUpdate]:
         cfg = self.config
         records = []
         done = int(state["round"])

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from refdns.atomic import atomic_path
 from refdns.errors import CheckpointError
 from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec
-from refdns.train import BatchStream, History, RunState
+from refdns.prune.base import MaskUpdate
+from refdns.run import BatchStream, History, RunState, generator_from_state
 
 FORMAT = "refdns-checkpoint"
 SCHEMA_VERSION = 2
@@ -105,17 +106,11 @@ def _check_seal(path: Path) -> bool:
         raise CheckpointError(f"{path}: the data does not match its SHA-256 seal: damaged, or edited after it "
                               "was written (after a deliberate edit, call refdns.checkpoint.seal)")
     return True
+
+
+# /history/mask_updates: one column per MaskUpdate field (the on-disk schema, so spelled out here)
 MASK_UPDATE_COLUMNS = ("iteration", "layer", "pruned", "spliced", "kept", "total")
-
-
-def _generator_from_state(state: dict[str, Any]) -> np.random.Generator:
-    name = state.get("bit_generator")
-    bitgen_cls = getattr(np.random, str(name), None)
-    if bitgen_cls is None or not isinstance(bitgen_cls, type) or not issubclass(bitgen_cls, np.random.BitGenerator):
-        raise CheckpointError(f"unknown bit generator {name!r} in checkpoint rng state")
-    bg = bitgen_cls()
-    bg.state = state
-    return np.random.Generator(bg)
+assert MASK_UPDATE_COLUMNS == tuple(f.name for f in fields(MaskUpdate))
 
 
 def _write_tensors(group: h5py.Group, tensors: dict[str, np.ndarray], dtype) -> None:
@@ -190,10 +185,11 @@ def save(path: str | os.PathLike, state: RunState, *, method: str = "dense", con
                 ms.create_dataset(k, data=np.asarray(v))
             rng = f.create_group("rng")
             g = rng.create_group("data")
-            g.attrs["bit_generator"] = json.dumps(state.data.rng.bit_generator.state)
-            g.attrs["pos"] = int(state.data.pos)
-            g.attrs["batch_size"] = int(state.data.batch_size)
-            g.create_dataset("perm", data=np.asarray(state.data.perm, dtype=np.int64))
+            stream = state.data.state_dict()  # n is len(perm) on disk
+            g.attrs["bit_generator"] = json.dumps(stream["bit_generator"])
+            g.attrs["pos"] = stream["pos"]
+            g.attrs["batch_size"] = stream["batch_size"]
+            g.create_dataset("perm", data=stream["perm"])
             rng.create_group("mask").attrs["bit_generator"] = json.dumps(state.mask_rng.bit_generator.state)
             h = f.create_group("history")
             h.create_dataset("loss", data=_pairs(state.history.loss))
@@ -202,10 +198,11 @@ def save(path: str | os.PathLike, state: RunState, *, method: str = "dense", con
             mu = h.create_group("mask_updates")
             recs = state.history.mask_updates
             for col in MASK_UPDATE_COLUMNS:
+                values = [getattr(r, col) for r in recs]
                 if col == "layer":
-                    mu.create_dataset(col, data=np.array([r[col] for r in recs], dtype=h5py.string_dtype()))
+                    mu.create_dataset(col, data=np.array(values, dtype=h5py.string_dtype()))
                 else:
-                    mu.create_dataset(col, data=np.array([r[col] for r in recs], dtype=np.int64))
+                    mu.create_dataset(col, data=np.array(values, dtype=np.int64))
             f.attrs[MANIFEST_ATTR] = json.dumps(_manifest(f), sort_keys=True)
             f.flush()
         seal(tmp)
@@ -358,18 +355,18 @@ def _load_open(f: h5py.File, path: Path, sealed: bool) -> Checkpoint:
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise CheckpointError(f"{path}: /method_state/{k} holds NaN or Inf")
         method_state[k] = arr
-    data_rng = _generator_from_state(json.loads(f["rng/data"].attrs["bit_generator"]))
     perm = _dataset(f, "/rng/data/perm", path)[()]
-    if perm.dtype != np.int64 or perm.ndim != 1 or not np.array_equal(np.sort(perm), np.arange(len(perm))):
-        raise CheckpointError(f"{path}: /rng/data/perm is not a permutation of 0..n-1 (int64)")
-    stream = BatchStream.__new__(BatchStream)
-    stream.n, stream.rng, stream.perm, stream.pos = len(perm), data_rng, perm, int(f["rng/data"].attrs["pos"])
-    stream.batch_size = int(f["rng/data"].attrs["batch_size"])
-    if stream.pos < 0 or stream.pos > stream.n:
-        raise CheckpointError(f"{path}: /rng/data pos={stream.pos} outside [0, {stream.n}]")
-    if not 1 <= stream.batch_size <= stream.n:
-        raise CheckpointError(f"{path}: /rng/data batch_size={stream.batch_size} outside [1, {stream.n}]")
-    mask_rng = _generator_from_state(json.loads(f["rng/mask"].attrs["bit_generator"]))
+    data = f["rng/data"].attrs
+    try:
+        stream = BatchStream.from_state({"perm": perm, "pos": int(data["pos"]), "n": len(perm),
+                                         "batch_size": int(data["batch_size"]),
+                                         "bit_generator": json.loads(data["bit_generator"])})
+    except ValueError as e:
+        raise CheckpointError(f"{path}: /rng/data: {e}") from None
+    try:
+        mask_rng = generator_from_state(json.loads(f["rng/mask"].attrs["bit_generator"]))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: /rng/mask: {e}") from None
     h = f["history"]
     mu = h["mask_updates"]
     cols = {c: _dataset(f, f"/history/mask_updates/{c}", path)[()] for c in MASK_UPDATE_COLUMNS}
@@ -381,11 +378,14 @@ def _load_open(f: h5py.File, path: Path, sealed: bool) -> Checkpoint:
         if c != "layer" and v.dtype != np.int64:
             raise CheckpointError(f"{path}: /history/mask_updates/{c} has dtype {v.dtype}, expected int64")
     del mu
-    records = [
-        {c: (cols[c][i].decode() if c == "layer" and isinstance(cols[c][i], bytes) else
-             cols[c][i] if c == "layer" else int(cols[c][i])) for c in MASK_UPDATE_COLUMNS}
-        for i in range(n_rec)
-    ]
+    layers = [v.decode() if isinstance(v, bytes) else str(v) for v in cols["layer"]]
+    try:
+        records = [
+            MaskUpdate(**{c: layers[i] if c == "layer" else int(cols[c][i]) for c in MASK_UPDATE_COLUMNS})
+            for i in range(n_rec)
+        ]
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: /history/mask_updates holds an invalid record: {e}") from None
     history = History(
         loss=[(int(a), float(b)) for a, b in _pairs_dataset(f, "/history/loss", path)],
         lr=[(int(a), float(b)) for a, b in _pairs_dataset(f, "/history/lr", path)],

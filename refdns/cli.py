@@ -330,7 +330,7 @@ def cmd_verify(args) -> int:
 
 def cmd_import(args) -> int:
     from refdns.interchange import read_npz
-    from refdns.train import TrainConfig, new_run
+    from refdns.run import TrainConfig, new_run
 
     check_inputs({"npz": args.npz})
     check_outputs({"--out": args.out}, inputs={"npz": args.npz}, force=args.force)
@@ -352,7 +352,7 @@ def cmd_import(args) -> int:
 
 def cmd_export(args) -> int:
     from refdns.interchange import write_npz
-    from refdns.train import effective_params
+    from refdns.run import effective_params
 
     check_inputs({"checkpoint": args.checkpoint})
     check_outputs({"--out": args.out}, inputs={"checkpoint": args.checkpoint}, force=args.force)
@@ -398,7 +398,7 @@ def cmd_infer(args) -> int:
     from refdns.datasets import load_mnist
     from refdns.nets.sequential import predict
     from refdns.sparse import SparseNet, format_storage
-    from refdns.train import effective_params
+    from refdns.run import effective_params
 
     check_inputs({"checkpoint": args.checkpoint})
     check_outputs({"--json": args.json}, inputs={"checkpoint": args.checkpoint}, force=args.force)

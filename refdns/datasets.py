@@ -41,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from refdns import __version__
+from refdns.atomic import fsync_dir
 from refdns.errors import (
     ChecksumError,
     ConfigError,
@@ -538,7 +539,8 @@ def _download_one(url: str, final: Path, expected: str, max_bytes: int, timeout:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        with contextlib.suppress(OSError):  # the checked file is in place; syncing its folder is best effort
+            fsync_dir(final.parent)
         return None
     except urllib.error.HTTPError as e:
         e.close()
@@ -550,20 +552,6 @@ def _download_one(url: str, final: Path, expected: str, max_bytes: int, timeout:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()  # gone already after a successful os.replace
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; not possible on every platform, hence best effort."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def fetch(

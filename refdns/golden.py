@@ -3,10 +3,10 @@
 A trace is an HDF5 file (format ``refdns-trace``, schema in ``data/SCHEMA.md``) holding a short run from a
 fixed start on a fixed batch sequence: the initial parameters and masks, then for each step the inputs,
 labels, the masks used by the forward pass, every op's output, the loss, dL/dW_eff, the weights after the
-update, and for DNS the thresholds and whether each layer's Bernoulli draw fired. Another implementation
-(PyTorch, JAX, C++) replays the steps from the stored inputs and draws, writes the same tensors into a
-candidate file, and ``verify`` compares the two tensor by tensor with named tolerances, naming the first
-step where they part.
+update, and whatever the pruning method's :meth:`~refdns.prune.base.PruningMethod.trace_state` adds
+(DNS: its thresholds and whether each layer's Bernoulli draw fired). Another implementation (PyTorch, JAX,
+C++) replays the steps from the stored inputs and draws, writes the same tensors into a candidate file, and
+``verify`` compares the two tensor by tensor with named tolerances, naming the first step where they part.
 
 The trace is written from :func:`refdns.train.train_step` itself (its ``trace`` hook), so it records what
 the training loop does, not a re-implementation of it.
@@ -32,11 +32,13 @@ from refdns import __version__
 from refdns.atomic import atomic_path
 from refdns.config import to_dict
 from refdns.errors import TraceError
+from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec
 from refdns.optim import SGDConfig
 from refdns.prune.base import PruningMethod
 from refdns.prune.dns import DNS, DNSConfig, DNSLayerConfig
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 
 FORMAT = "refdns-trace"
 SCHEMA_VERSION = 1
@@ -83,8 +85,6 @@ TOLERANCES: dict[str, Tolerance] = {
 
 def golden_method(net: str, method: str) -> PruningMethod:
     """The pruning method a golden of ``method`` runs: ``dense`` (none) or the golden DNS settings."""
-    from refdns.nets import get_spec
-
     spec = get_spec(net)
     if method == "dense":
         return PruningMethod()
@@ -142,12 +142,13 @@ def write_golden(
     y_train : ndarray, shape (N,), int64
     seed : int
         Fixes the initial weights (Caffe xavier, rounded to :data:`INIT_GRID`), the batch order and the
-        DNS draws, through :func:`refdns.train.new_run`.
+        DNS draws, through :func:`refdns.run.new_run`.
 
     Returns
     -------
     summary : dict
-        Per-step loss, and for DNS the pruned/spliced counts and fired flags per layer.
+        Per-step loss, and for a method that traces its surgery (DNS) the fired flags and pruned/spliced
+        counts per layer.
     """
     if steps < 1:
         raise TraceError(f"steps={steps} must be >= 1")
@@ -217,23 +218,12 @@ def write_golden(
                 _put_params(g.create_group("grads"), rec["grads"], np.float32, max_elements)
                 _put_params(g.create_group("params"), state.params, np.float32, max_elements)
                 summary["loss"].append(loss)
-                if isinstance(method, DNS):
-                    by_layer = {r["layer"]: r for r in rec["records"]}
-                    th = g.create_group("thresholds")
-                    for k in ("a", "b", "mu", "std", "t"):
-                        _put(th, k, np.array([float(state.method_state[f"{n}.{k}"]) for n in layers]))
-                    s = g.create_group("surgery")
-                    fired = np.array([n in by_layer for n in layers], dtype=np.uint8)
-                    pruned = np.array([by_layer.get(n, {}).get("pruned", 0) for n in layers], dtype=np.int64)
-                    spliced = np.array(
-                        [by_layer.get(n, {}).get("spliced", 0) for n in layers], dtype=np.int64
-                    )
-                    _put(s, "fired", fired)
-                    _put(s, "pruned", pruned)
-                    _put(s, "spliced", spliced)
-                    summary["fired"].append(fired.tolist())
-                    summary["pruned"].append(pruned.tolist())
-                    summary["spliced"].append(spliced.tolist())
+                traced = method.trace_state(spec, state.method_state, rec["records"])
+                for name, arr in traced.items():
+                    _put(g, name, arr)
+                for k in ("fired", "pruned", "spliced"):
+                    if f"surgery/{k}" in traced:
+                        summary[k].append(traced[f"surgery/{k}"].tolist())
             f.flush()
     return summary
 

@@ -24,7 +24,8 @@ from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec
 from refdns.optim import SGDConfig
 from refdns.prune.base import PruningMethod, methods, reproducible_methods
-from refdns.train import RunState, TrainConfig, evaluate, new_run, train
+from refdns.run import RunState, TrainConfig, new_run
+from refdns.train import evaluate, train
 
 # Caffe's MNIST LeNet solver: the dense phase of every experiment unless it says otherwise.
 CAFFE_DENSE = TrainConfig()
@@ -329,13 +330,13 @@ def churn_by_interval(state: RunState, interval: int = 1000) -> list[dict[str, A
     """Per layer and per ``interval`` iterations: updates, connections pruned and spliced, density at the end."""
     buckets: dict[tuple[int, str], dict[str, Any]] = {}
     for r in state.history.mask_updates:
-        start = (r["iteration"] // interval) * interval
-        b = buckets.setdefault((start, r["layer"]), {"from": start, "to": start + interval, "layer": r["layer"],
-                                                     "updates": 0, "pruned": 0, "spliced": 0})
+        start = (r.iteration // interval) * interval
+        b = buckets.setdefault((start, r.layer), {"from": start, "to": start + interval, "layer": r.layer,
+                                                  "updates": 0, "pruned": 0, "spliced": 0})
         b["updates"] += 1
-        b["pruned"] += r["pruned"]
-        b["spliced"] += r["spliced"]
-        b["density"] = r["kept"] / r["total"]
+        b["pruned"] += r.pruned
+        b["spliced"] += r.spliced
+        b["density"] = r.density
     return [buckets[k] for k in sorted(buckets)]
 
 
@@ -354,7 +355,7 @@ def phase_json(phase: Phase, summary: dict[str, Any] | None = None) -> dict[str,
         return out | {"net": st.spec.name, "dataset": phase.config.get("dataset"), "seed": phase.config.get("seed")}
     cfg = phase.config["train"]
     out |= {"method_state": {k: np.asarray(v).tolist() for k, v in st.method_state.items()},
-            "mask_updates": [dict(r) for r in st.history.mask_updates],
+            "mask_updates": [r.to_dict() for r in st.history.mask_updates],
             "churn": churn_by_interval(st, interval=max(cfg["iterations"] // 10, 1))}
     if phase.name == "dns":
         out["thresholds"] = {k: float(v) for k, v in st.method_state.items()}

@@ -10,141 +10,25 @@ One iteration, in Caffe's order::
     SGD step (weight decay, momentum) on all of W
     velocity *= masks, W *= masks      only when not grad_through_mask
 
-All randomness comes from ``np.random.Generator`` streams held in :class:`RunState`, so a run is fixed by
-its seed, and resuming from a checkpoint continues the very same streams.
+The run itself (its state, batch order and random streams, all fixed by its seed) lives in :mod:`refdns.run`;
+this module only advances it.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from refdns.config import check_number
 from refdns.effective import EffectiveParams
 from refdns.errors import NonFiniteError
-from refdns.nets.sequential import NetSpec, backward, error_rate, forward, init_params
 from refdns.layers import softmax_cross_entropy
-from refdns.optim import SGDConfig, sgd_step, zeros_like_params
-from refdns.prune.base import PruningMethod, all_ones_masks
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How long and how to train; defaults are Caffe's MNIST recipe (10,000 iterations at batch 64)."""
-
-    iterations: int = 10_000
-    batch_size: int = 64
-    test_interval: int = 1_000
-    display_interval: int = 100
-    sgd: SGDConfig = field(default_factory=SGDConfig)
-
-    def __post_init__(self):
-        check_number("iterations", self.iterations, lo=0, integer=True)
-        check_number("batch_size", self.batch_size, lo=1, integer=True)
-        check_number("test_interval", self.test_interval, lo=0, integer=True)
-        check_number("display_interval", self.display_interval, lo=1, integer=True)
-        if isinstance(self.sgd, dict):
-            object.__setattr__(self, "sgd", SGDConfig(**self.sgd))
-        if not isinstance(self.sgd, SGDConfig):
-            raise TypeError(f"sgd must be an SGDConfig, got {type(self.sgd).__name__}")
-
-
-class BatchStream:
-    """Seeded shuffled mini-batches that wrap across epochs, like Caffe's data layer reading on and on.
-
-    State is ``(perm, pos)`` plus the generator, all saved in checkpoints for bit-exact resume.
-    """
-
-    def __init__(self, n: int, batch_size: int, *, rng: np.random.Generator):
-        if batch_size > n:
-            raise ValueError(f"batch_size={batch_size} is larger than the {n} training examples")
-        self.n = n
-        self.batch_size = batch_size
-        self.rng = rng
-        self.perm = rng.permutation(n)
-        self.pos = 0
-
-    def next_indices(self) -> np.ndarray:
-        end = self.pos + self.batch_size
-        if end <= self.n:
-            idx = self.perm[self.pos : end]
-            self.pos = end
-            return idx
-        head = self.perm[self.pos :]
-        self.perm = self.rng.permutation(self.n)
-        self.pos = self.batch_size - len(head)
-        return np.concatenate([head, self.perm[: self.pos]])
-
-
-@dataclass
-class History:
-    """What a run leaves behind, besides its parameters."""
-
-    loss: list[tuple[int, float]] = field(default_factory=list)  # (iteration, training loss)
-    lr: list[tuple[int, float]] = field(default_factory=list)
-    test_error: list[tuple[int, float]] = field(default_factory=list)
-    mask_updates: list[dict[str, Any]] = field(default_factory=list)  # one record per layer update
-
-
-@dataclass
-class RunState:
-    """Everything that determines the future of a run (and what a checkpoint stores)."""
-
-    spec: NetSpec
-    params: dict[str, np.ndarray]
-    velocity: dict[str, np.ndarray]
-    masks: dict[str, np.ndarray]
-    iteration: int
-    data: BatchStream
-    mask_rng: np.random.Generator
-    method_state: dict[str, np.ndarray] = field(default_factory=dict)
-    history: History = field(default_factory=History)
-    seed: int | None = None
-    # Per-run scratch (buffers, sparse index structures), rebuilt on demand; not state, never saved.
-    workspace: EffectiveParams | None = field(default=None, repr=False, compare=False)
-
-
-def new_run(
-    spec: NetSpec,
-    n_train: int,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    params: dict[str, np.ndarray] | None = None,
-    masks: dict[str, np.ndarray] | None = None,
-    dtype=np.float32,
-) -> RunState:
-    """A fresh run: params from Caffe xavier init (or the given ones, copied), zero velocity.
-
-    The seed's generator is split with ``spawn`` into three independent streams: initialisation, data order
-    and mask draws, so (for example) a different init never changes the batch order.
-    """
-    init_rng, data_rng, mask_rng = np.random.default_rng(seed).spawn(3)
-    if params is None:
-        params = init_params(spec, rng=init_rng, dtype=dtype)
-    else:
-        params = {k: np.array(v, dtype=dtype, copy=True) for k, v in params.items()}
-    masks = all_ones_masks(params) if masks is None else {k: np.array(m, dtype=bool) for k, m in masks.items()}
-    return RunState(
-        spec=spec,
-        params=params,
-        velocity=zeros_like_params(params),
-        masks=masks,
-        iteration=0,
-        data=BatchStream(n_train, cfg.batch_size, rng=data_rng),
-        mask_rng=mask_rng,
-        seed=seed,
-    )
-
-
-def effective_params(params: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``W * T`` for every parameter (a fresh array; ``params`` is untouched)."""
-    return {k: params[k] * masks[k] if not masks[k].all() else params[k] for k in params}
+from refdns.nets.sequential import backward, error_rate, forward
+from refdns.optim import sgd_step
+from refdns.prune.base import PruningMethod
+from refdns.run import RunState, TrainConfig, effective_params
 
 
 def train_step(
@@ -239,9 +123,3 @@ def train(
             if on_test is not None:
                 on_test(state, err)
     return state
-
-
-def timed(fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0

@@ -5,7 +5,9 @@ import pytest
 from refdns import checkpoint
 from refdns.errors import CheckpointError
 from refdns.nets import get_spec
-from refdns.train import TrainConfig, new_run, train
+from refdns.prune.base import MaskUpdate
+from refdns.run import TrainConfig, new_run
+from refdns.train import train
 
 
 @pytest.fixture
@@ -77,4 +79,34 @@ def test_truncated_file_is_refused(small, tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="t.h5"):
+        checkpoint.load(path)
+
+
+def _with_mask_updates():
+    state = new_run(get_spec("lenet-300-100"), 100, TrainConfig(batch_size=10), seed=0)
+    state.history.mask_updates = [
+        MaskUpdate(iteration=0, layer="ip1", pruned=900, spliced=0, kept=234_600, total=235_500),
+        MaskUpdate(iteration=0, layer="ip3", pruned=10, spliced=0, kept=1000, total=1010),
+        MaskUpdate(iteration=7, layer="ip1", pruned=5, spliced=12, kept=234_607, total=235_500),
+    ]
+    return state
+
+
+def test_mask_updates_round_trip_as_typed_records_in_columns(tmp_path):
+    state = _with_mask_updates()
+    path = checkpoint.save(tmp_path / "m.h5", state)
+    with h5py.File(path) as f:  # the on-disk schema: one column per field
+        cols = f["history/mask_updates"]
+        assert sorted(cols) == sorted(checkpoint.MASK_UPDATE_COLUMNS)
+        assert cols["kept"].dtype == np.int64 and cols["kept"][()].tolist() == [234_600, 1000, 234_607]
+        assert [v.decode() for v in cols["layer"][()]] == ["ip1", "ip3", "ip1"]
+    loaded = checkpoint.load(path).state.history.mask_updates
+    assert loaded == state.history.mask_updates
+    assert all(type(r) is MaskUpdate and type(r.layer) is str and type(r.kept) is int for r in loaded)
+
+
+def test_an_impossible_mask_update_is_refused(tmp_path):
+    path = checkpoint.save(tmp_path / "m.h5", _with_mask_updates())
+    _corrupt(path, lambda f: f["history/mask_updates/kept"].__setitem__(1, 5000))  # more than total
+    with pytest.raises(CheckpointError, match="mask_updates.*kept=5000"):
         checkpoint.load(path)

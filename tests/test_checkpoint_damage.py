@@ -25,7 +25,8 @@ from refdns import checkpoint
 from refdns.errors import CheckpointError
 from refdns.nets import get_spec
 from refdns.prune.dns import DNS, DNSConfig, DNSLayerConfig
-from refdns.train import TrainConfig, new_run, train
+from refdns.run import TrainConfig, new_run
+from refdns.train import train
 
 DAMAGE = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -65,9 +66,9 @@ def test_dns_resume_is_bit_exact(mnist, tmp_path):
     ck = checkpoint.load(checkpoint.save(tmp_path / "half.h5", half, method="dns"))
     resumed = train(ck.state, x, y, cfg, method=_dns(), until=24)
     _assert_same_run(straight, resumed)
-    fired = {r["iteration"] for r in straight.history.mask_updates}
+    fired = {r.iteration for r in straight.history.mask_updates}
     assert 0 < len(fired) < 24, "the draws must both fire and skip for this test to pin the mask stream"
-    assert any(r["pruned"] for r in straight.history.mask_updates)
+    assert any(r.pruned for r in straight.history.mask_updates)
 
 
 def test_schema_1_files_still_load(mnist, tmp_path):
@@ -88,7 +89,7 @@ _WRITER = """
 import sys
 from refdns import checkpoint
 from refdns.nets import get_spec
-from refdns.train import TrainConfig, new_run
+from refdns.run import TrainConfig, new_run
 state = new_run(get_spec("lenet-5"), 100, TrainConfig(batch_size=10), seed=0)
 i = int(sys.argv[2])
 while True:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from refdns import checkpoint
 from refdns.cli import main
 from refdns.nets import get_spec
-from refdns.train import TrainConfig, new_run
+from refdns.run import TrainConfig, new_run
 from tests.conftest import data_dir
 
 

@@ -8,7 +8,8 @@ from refdns.layers import SparseWeight
 from refdns.nets import get_spec
 from refdns.nets.sequential import init_params, loss_and_grads
 from refdns.prune.dns import DNS, default_config
-from refdns.train import TrainConfig, effective_params, new_run, train
+from refdns.run import TrainConfig, effective_params, new_run
+from refdns.train import train
 from tests.tolerances import assert_close
 
 L300 = get_spec("lenet-300-100")

@@ -15,7 +15,10 @@ import pytest
 from refdns import cli, golden
 from refdns.errors import TraceError
 from refdns.nets import get_spec
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.nets.sequential import init_params
+from refdns.prune.base import MaskUpdate, PruningMethod, all_ones_masks, surgery_trace
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = REPO / "data" / "golden"
@@ -115,7 +118,7 @@ def test_verify_refuses_files_that_are_not_traces(tmp_path, capsys):
     with pytest.raises(TraceError, match="format"):
         golden.verify(DNS_300, bogus)
     assert cli.main(["verify", str(DNS_300), str(tmp_path / "nothing.h5")]) == 2
-    assert "no such file" in capsys.readouterr().err
+    assert "nothing.h5 does not exist" in capsys.readouterr().err
     with pytest.raises(TraceError, match="different runs"):
         golden.verify(DNS_300, GOLDEN_DIR / "lenet-300-100-dense.h5")
 
@@ -137,6 +140,64 @@ def test_the_trace_hook_does_not_change_the_step(mnist):
     for k in a.params:
         assert np.array_equal(a.params[k], b.params[k]) and np.array_equal(a.masks[k], b.masks[k])
     assert a.method_state.keys() == b.method_state.keys()
+
+
+class _Probe(PruningMethod):
+    """Prunes ip3's first weight at iteration 1 and traces a tensor of its own: what any method could do."""
+
+    name = ""
+
+    def update_masks(self, iteration, params, masks, state, rng):
+        if iteration != 1:
+            return []
+        masks["ip3.weight"][0, 0] = False
+        m = masks["ip3.weight"]
+        return [MaskUpdate(iteration=1, layer="ip3", pruned=1, spliced=0, kept=int(m.sum()), total=m.size)]
+
+    def trace_state(self, spec, state, records):
+        probe = {"probe/records": np.array([len(records)], dtype=np.int64)}
+        return probe | surgery_trace(spec.layer_names, records)
+
+
+def test_golden_writes_whatever_the_method_traces(mnist, tmp_path, monkeypatch):
+    """No method is special to the writer: it stores the tensors trace_state returns, under their names."""
+    x, y = mnist[0][:64], mnist[1][:64]
+    spec = get_spec("lenet-300-100")
+    monkeypatch.setattr(golden, "golden_method", lambda net, method: _Probe())
+    summary = golden.write_golden(tmp_path / "probe.h5", spec, "dense", 2, x, y)
+    with h5py.File(tmp_path / "probe.h5") as f:
+        assert set(f["steps/0000"]) == {"inputs", "labels", "lr", "masks", "activations", "loss", "grads",
+                                        "params", "probe", "surgery"}
+        assert f["steps/0000/probe/records"][()].tolist() == [0]
+        assert f["steps/0001/probe/records"][()].tolist() == [1]
+        assert f["steps/0001/surgery/fired"][()].tolist() == [0, 0, 1]
+        assert f["steps/0001/surgery/pruned"][()].dtype == np.int64
+        assert not f["steps/0001/masks/ip3/weight"][0, 0]
+    assert summary["fired"] == [[0, 0, 0], [0, 0, 1]] and summary["pruned"] == [[0, 0, 0], [0, 0, 1]]
+
+
+def test_dense_golden_steps_hold_no_method_tensors():
+    with h5py.File(GOLDEN_DIR / "lenet-300-100-dense.h5") as f:
+        assert set(f["steps/0000"]) == {"inputs", "labels", "lr", "masks", "activations", "loss", "grads",
+                                        "params"}
+
+
+def test_dns_traces_its_thresholds_in_layer_order(rng):
+    spec = get_spec("lenet-300-100")
+    method = golden.golden_method(spec.name, "dns")
+    params = init_params(spec, rng=rng)
+    masks = all_ones_masks(params)
+    state = method.init_state(spec, params)
+    records = method.update_masks(0, params, masks, state, rng)
+    traced = method.trace_state(spec, state, records)
+    assert sorted(traced) == sorted([f"thresholds/{k}" for k in ("a", "b", "mu", "std", "t")]
+                                    + ["surgery/fired", "surgery/pruned", "surgery/spliced"])
+    for k in ("a", "b", "mu", "std", "t"):
+        assert traced[f"thresholds/{k}"].dtype == np.float64
+        assert traced[f"thresholds/{k}"].tolist() == [float(state[f"{n}.{k}"]) for n in spec.layer_names]
+    assert traced["surgery/pruned"].tolist() == [
+        next((r.pruned for r in records if r.layer == n), 0) for n in spec.layer_names
+    ]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed (optional)")

@@ -12,7 +12,7 @@ from refdns.errors import InterchangeError
 from refdns.interchange import read_npz, write_npz
 from refdns.nets import get_spec, init_params
 from refdns.prune.base import all_ones_masks
-from refdns.train import TrainConfig, new_run
+from refdns.run import TrainConfig, new_run
 
 SPEC = get_spec("lenet-300-100")
 

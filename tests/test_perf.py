@@ -5,7 +5,8 @@ import numpy as np
 from refdns.nets import get_spec
 from refdns.perf import tune_malloc
 from refdns.prune.base import PruningMethod
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 
 
 def test_tuned_malloc_stops_per_step_page_faults_and_changes_no_number(rng):

@@ -7,7 +7,7 @@ import pytest
 from refdns.errors import ConfigError
 from refdns.nets.sequential import init_params
 from refdns.pipeline import Data, run_training
-from refdns.train import TrainConfig
+from refdns.run import TrainConfig
 from tests.prune.tiny import TINY, make, tiny_batch
 
 def test_one_shot_without_retraining_zeroes_the_pruned_weights(rng):

@@ -13,6 +13,7 @@ from refdns import checkpoint
 from refdns.cli import main
 from refdns.errors import NonFiniteError, SparseFormatError
 from refdns.nets import bias_key, forward, get_spec, weight_key
+from refdns.run import TrainConfig, effective_params, new_run
 from refdns.sparse import (
     CSRMatrix,
     SparseNet,
@@ -21,7 +22,6 @@ from refdns.sparse import (
     relative_index_entries,
     storage_report,
 )
-from refdns.train import TrainConfig, effective_params, new_run
 from tests.conftest import data_dir
 from tests.tolerances import assert_close
 

@@ -1,28 +1,11 @@
 import numpy as np
 import pytest
 
-from refdns.config import from_dict
-from refdns.errors import ConfigError, NonFiniteError
+from refdns.errors import NonFiniteError
 from refdns.nets import get_spec
 from refdns.optim import SGDConfig
-from refdns.train import BatchStream, TrainConfig, evaluate, new_run, train
-
-
-def test_batch_stream_visits_every_example_once_per_epoch(rng):
-    s = BatchStream(10, 3, rng=rng)
-    seen = np.concatenate([s.next_indices() for _ in range(10)])  # 30 indices = 3 epochs
-    for epoch in range(3):
-        assert sorted(seen[10 * epoch : 10 * (epoch + 1)]) == list(range(10))
-
-
-def test_batch_larger_than_data_is_refused(rng):
-    with pytest.raises(ValueError, match="batch_size"):
-        BatchStream(5, 8, rng=rng)
-
-
-def test_unknown_config_key_is_refused():
-    with pytest.raises(ConfigError, match="iteratons"):
-        from_dict(TrainConfig, {"iteratons": 10})
+from refdns.run import TrainConfig, new_run
+from refdns.train import evaluate, train
 
 
 def test_same_seed_same_run_different_seed_different_run(mnist):

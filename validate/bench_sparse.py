@@ -50,8 +50,8 @@ from refdns import checkpoint
 from refdns.datasets import load_mnist
 from refdns.layers import maxpool_forward
 from refdns.nets import forward
+from refdns.run import effective_params
 from refdns.sparse import SparseNet, format_storage
-from refdns.train import effective_params
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The DNS paper's per-layer densities (Guo et al. 2016, Table 1): the stand-ins are pruned to these.

@@ -33,7 +33,8 @@ from refdns.effective import SPARSE_MAX_DENSITY, SPARSE_MIN_WEIGHTS, EffectivePa
 from refdns.nets import get_spec
 from refdns.prune.base import PruningMethod
 from refdns.prune.dns import DNS, default_config
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

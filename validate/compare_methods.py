@@ -44,7 +44,8 @@ from refdns.prune.dns import DNS
 from refdns.prune.han import Han
 from refdns.prune.magnitude import Magnitude, MagnitudeConfig
 from refdns.prune.random import RandomConfig, RandomPruning
-from refdns.train import TrainConfig, evaluate
+from refdns.run import TrainConfig
+from refdns.train import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DENSE_ITERATIONS = 10_000

@@ -59,7 +59,8 @@ from refdns.nets.sequential import NetSpec, error_rate
 from refdns.optim import SGDConfig
 from refdns.prune.obd import lowest_score_masks
 from refdns.prune.obs import damped_inverse, layer_inputs, layerwise_obs, obs_path, woodbury_inverse
-from refdns.train import TrainConfig, new_run, train
+from refdns.run import TrainConfig, new_run
+from refdns.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "validate" / "results"

@@ -46,6 +46,51 @@ class Recipe:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class MaskUpdate:
+    """One layer's mask update at one iteration: a row of a run's history (and of its checkpoint).
+
+    Counts are entries of the layer's weights and biases together (OBD and OBS: weights only).
+
+    Attributes
+    ----------
+    iteration : int
+        The iteration whose forward pass first used the new masks.
+    layer : str
+        The Caffe layer name, e.g. ``"ip1"``.
+    pruned, spliced : int
+        Entries this update switched off, and switched back on (DNS's splicing; 0 for the other methods).
+    kept, total : int
+        Entries on after the update, and all entries.
+    """
+
+    iteration: int
+    layer: str
+    pruned: int
+    spliced: int
+    kept: int
+    total: int
+
+    def __post_init__(self):
+        if not isinstance(self.layer, str) or not self.layer:
+            raise TypeError(f"layer={self.layer!r} must be a non-empty str")
+        for name in ("iteration", "pruned", "spliced", "kept", "total"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TypeError(f"{name}={value!r} must be a non-negative int")
+        if self.total < 1 or self.kept > self.total:
+            raise ValueError(f"kept={self.kept}, total={self.total} must satisfy kept <= total, total >= 1")
+
+    @property
+    def density(self) -> float:
+        """``kept / total``, the fraction of the layer's entries left on."""
+        return self.kept / self.total
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (the checkpoint's columns; ``density`` is not a field)."""
+        return dataclasses.asdict(self)
+
+
 class PruningMethod:
     """Base class: no pruning (all-ones masks, nothing ever changes).
 
@@ -112,14 +157,25 @@ class PruningMethod:
         masks: dict[str, np.ndarray],
         state: dict[str, np.ndarray],
         rng: np.random.Generator,
-    ) -> list[dict[str, Any]]:
+    ) -> list[MaskUpdate]:
         """Change ``masks`` (and ``state``) in place before the forward pass of ``iteration``.
 
-        Returns one statistics record per layer that was updated, e.g.
-        ``{"iteration": 12, "layer": "ip1", "pruned": 40, "spliced": 3, "density": 0.31}``;
+        Returns one :class:`MaskUpdate` per layer that was updated, e.g.
+        ``MaskUpdate(iteration=12, layer="ip1", pruned=40, spliced=3, kept=72_000, total=235_500)``;
         an empty list when nothing was updated.
         """
         return []
+
+    def trace_state(
+        self, spec: NetSpec, state: dict[str, np.ndarray], records: list[MaskUpdate]
+    ) -> dict[str, np.ndarray]:
+        """The tensors a golden trace (:mod:`refdns.golden`) records for this method after one step.
+
+        ``state`` is the method state after the step, ``records`` the step's mask updates. Returns arrays by
+        dataset path inside the step's group (e.g. ``"thresholds/a"``); per-layer arrays are in
+        ``spec.layer_names`` order. The unpruned base records nothing.
+        """
+        return {}
 
 
 def methods() -> dict[str, type[PruningMethod]]:
@@ -155,6 +211,21 @@ def all_ones_masks(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.ones(v.shape, dtype=bool) for k, v in params.items()}
 
 
+def surgery_trace(layers: list[str], records: list[MaskUpdate]) -> dict[str, np.ndarray]:
+    """One step's mask updates per layer, in ``layers`` order, for :meth:`PruningMethod.trace_state`.
+
+    ``surgery/fired`` (uint8) is 1 for a layer updated this step; ``surgery/pruned`` and ``surgery/spliced``
+    (int64) count its entries switched off and on (0 where it was not updated).
+    """
+    by_layer = {r.layer: r for r in records}
+    updated = [by_layer.get(n) for n in layers]
+    return {
+        "surgery/fired": np.array([r is not None for r in updated], dtype=np.uint8),
+        "surgery/pruned": np.array([0 if r is None else r.pruned for r in updated], dtype=np.int64),
+        "surgery/spliced": np.array([0 if r is None else r.spliced for r in updated], dtype=np.int64),
+    }
+
+
 class OneShotOnData(PruningMethod):
     """Base of the methods that prune once, at ``config.at_iteration``, from curvature measured on (x, y).
 
@@ -180,12 +251,14 @@ class OneShotOnData(PruningMethod):
         self.spec = spec
         return {}
 
-    def _weight_records(self, iteration: int, old: dict[str, np.ndarray], new: dict[str, np.ndarray]):
-        """One mask-update record per layer's weight for a one-shot prune from ``old`` to ``new`` masks."""
+    def _weight_records(
+        self, iteration: int, old: dict[str, np.ndarray], new: dict[str, np.ndarray]
+    ) -> list[MaskUpdate]:
+        """One mask update per layer's weight for a one-shot prune from ``old`` to ``new`` masks."""
         records = []
         for op in self.spec.layers:
             key = op.name + ".weight"
-            records.append({"iteration": int(iteration), "layer": op.name,
-                            "pruned": int(np.count_nonzero(old[key] & ~new[key])), "spliced": 0,
-                            "kept": int(np.count_nonzero(new[key])), "total": int(new[key].size)})
+            records.append(MaskUpdate(iteration=int(iteration), layer=op.name,
+                                      pruned=int(np.count_nonzero(old[key] & ~new[key])), spliced=0,
+                                      kept=int(np.count_nonzero(new[key])), total=int(new[key].size)))
         return records

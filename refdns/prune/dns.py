@@ -31,7 +31,7 @@ from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.kernels.hysteresis import hysteresis_update
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod, Recipe, check_variant
+from refdns.prune.base import MaskUpdate, PruningMethod, Recipe, check_variant, surgery_trace
 
 READINGS = ("caffe", "distiller")
 # Iterations of surgery the DNS paper reports (Section 4.1): 16K for LeNet-5, 25K for LeNet-300-100.
@@ -253,6 +253,13 @@ class DNS(PruningMethod):
                 spliced += s
                 kept += k
             total = masks[f"{layer}.weight"].size + masks[f"{layer}.bias"].size
-            records.append({"iteration": int(iteration), "layer": layer, "pruned": pruned, "spliced": spliced,
-                            "kept": kept, "total": total})
+            records.append(MaskUpdate(iteration=int(iteration), layer=layer, pruned=pruned, spliced=spliced,
+                                      kept=kept, total=total))
         return records
+
+    def trace_state(self, spec, state, records) -> dict[str, np.ndarray]:
+        """Each layer's thresholds (float64, computed at the first step) and the step's surgery."""
+        layers = list(spec.layer_names)
+        out = {f"thresholds/{k}": np.array([float(state[f"{n}.{k}"]) for n in layers])
+               for k in ("a", "b", "mu", "std", "t")}
+        return out | surgery_trace(layers, records)

@@ -42,7 +42,7 @@ import numpy as np
 from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod, Recipe, check_variant
+from refdns.prune.base import MaskUpdate, PruningMethod, Recipe, check_variant
 from refdns.prune.magnitude import (
     check_densities,
     check_layers,
@@ -241,7 +241,7 @@ class Han(PruningMethod):
                 out[key] = han_mask(params[key], masks[key], threshold)
         return out
 
-    def update_masks(self, iteration, params, masks, state, rng) -> list[dict[str, Any]]:
+    def update_masks(self, iteration, params, masks, state, rng) -> list[MaskUpdate]:
         cfg = self.config
         records = []
         done = int(state["round"])

@@ -27,7 +27,7 @@ import numpy as np
 from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod, Recipe, check_variant
+from refdns.prune.base import MaskUpdate, PruningMethod, Recipe, check_variant
 
 SCOPES = ("layer", "global")
 
@@ -187,7 +187,7 @@ def layer_names(params: dict[str, np.ndarray]) -> list[str]:
 
 
 def mask_records(iteration: int, spec_layers, old: dict[str, np.ndarray], new: dict[str, np.ndarray]):
-    """One history record per layer whose masks changed (the columns checkpoints store)."""
+    """One :class:`MaskUpdate` per layer whose masks changed."""
     records = []
     for layer in spec_layers:
         keys = (f"{layer}.weight", f"{layer}.bias")
@@ -195,14 +195,14 @@ def mask_records(iteration: int, spec_layers, old: dict[str, np.ndarray], new: d
         spliced = sum(int(np.count_nonzero(~old[k] & new[k])) for k in keys)
         if pruned or spliced:
             records.append(
-                {
-                    "iteration": int(iteration),
-                    "layer": layer,
-                    "pruned": pruned,
-                    "spliced": spliced,
-                    "kept": sum(int(np.count_nonzero(new[k])) for k in keys),
-                    "total": sum(new[k].size for k in keys),
-                }
+                MaskUpdate(
+                    iteration=int(iteration),
+                    layer=layer,
+                    pruned=pruned,
+                    spliced=spliced,
+                    kept=sum(int(np.count_nonzero(new[k])) for k in keys),
+                    total=sum(new[k].size for k in keys),
+                )
             )
     return records
 

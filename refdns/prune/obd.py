@@ -22,7 +22,6 @@ Only weights are pruned (biases keep their values), globally over all layers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -30,7 +29,7 @@ from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.hessian import LOSSES, full_hessian, obd_diagonal, param_slices
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import OneShotOnData
+from refdns.prune.base import MaskUpdate, OneShotOnData
 
 DIAGONALS = ("recursion", "exact")
 
@@ -110,7 +109,7 @@ class OBD(OneShotOnData):
     name = "obd"
     config_type = OBDConfig
 
-    def update_masks(self, iteration, params, masks, state, rng) -> list[dict[str, Any]]:
+    def update_masks(self, iteration, params, masks, state, rng) -> list[MaskUpdate]:
         cfg = self.config
         if iteration != cfg.at_iteration:
             return []

@@ -64,7 +64,7 @@ from refdns.hessian import (
 from refdns.layers.conv import Conv2dCache
 from refdns.layers.dense import DenseCache
 from refdns.nets.sequential import NetSpec, forward
-from refdns.prune.base import OneShotOnData
+from refdns.prune.base import MaskUpdate, OneShotOnData
 
 HESSIANS = ("exact", "gauss-newton", "woodbury", "layerwise")
 
@@ -507,7 +507,7 @@ class OBS(OneShotOnData):
     name = "obs"
     config_type = OBSConfig
 
-    def update_masks(self, iteration, params, masks, state, rng) -> list[dict[str, Any]]:
+    def update_masks(self, iteration, params, masks, state, rng) -> list[MaskUpdate]:
         if iteration != self.config.at_iteration:
             return []
         new, new_masks, _ = obs_prune(self.spec, params, masks, self.x, self.y, self.config)

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from refdns.optim import SGDConfig
 from refdns.pipeline import prune_without_training
 from refdns.prune.base import methods
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 from tests.prune.tiny import KINDS, TINY, densities, make, tiny_batch
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -20,7 +20,8 @@ from refdns.prune.dns import (
     hysteresis,
     surgery_probability,
 )
-from refdns.train import TrainConfig, effective_params, new_run, train, train_step
+from refdns.run import TrainConfig, effective_params, new_run
+from refdns.train import train, train_step
 
 TINY = NetSpec(
     name="tiny",
@@ -114,7 +115,7 @@ def test_update_fires_exactly_when_the_draw_is_below_sigma_and_before_iter_stop(
     records = method.update_masks(it, params, masks, state, draw_rng)
     sigma = (1 + 1e-3 * it) ** -1.0
     fired = {layer for layer, r in zip(("fc1", "fc2"), expected_draws) if r < sigma and it < 20_000}
-    assert {r["layer"] for r in records} == fired
+    assert {r.layer for r in records} == fired
     for layer in ("fc1", "fc2"):
         for kind in ("weight", "bias"):
             key = f"{layer}.{kind}"
@@ -156,7 +157,7 @@ def test_pruned_weight_pushed_above_b_is_spliced_back(rng):
     params["fc1.weight"][0, 0] = -np.nextafter(b, np.inf)  # just above b in magnitude
     records = method.update_masks(1, params, masks, state, rng)
     assert masks["fc1.weight"][0, 0]
-    assert next(r for r in records if r["layer"] == "fc1")["spliced"] >= 1
+    assert next(r for r in records if r.layer == "fc1").spliced >= 1
 
 
 def _one_step(params, masks, method, x, y, lr=0.1):
@@ -259,5 +260,5 @@ def test_short_dns_run_on_real_mnist_prunes_and_keeps_learning(mnist):
     assert kept < 0.05, kept
     errors = [e for _, e in run.history.test_error]
     assert errors[-1] < 0.2 and errors[-1] < errors[0], errors
-    assert any(r["spliced"] > 0 for r in run.history.mask_updates)  # surgery, not only pruning
-    assert run.history.mask_updates[0]["iteration"] == 0
+    assert any(r.spliced > 0 for r in run.history.mask_updates)  # surgery, not only pruning
+    assert run.history.mask_updates[0].iteration == 0

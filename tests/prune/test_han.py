@@ -11,7 +11,8 @@ from refdns.errors import ConfigError
 from refdns.nets.sequential import init_params
 from refdns.optim import SGDConfig
 from refdns.prune.han import Han, HanConfig, adjusted_dropout, han_mask, layer_std, round_quality
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 from tests.prune.tiny import TINY, floats, tiny_batch
 
 @given(w=arrays(np.float32, 25, elements=floats), mask=arrays(bool, 25), t=st.floats(0.0, 2.0))

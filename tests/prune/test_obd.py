@@ -8,7 +8,8 @@ from refdns.hessian import full_hessian, param_slices
 from refdns.nets.sequential import NetSpec, Op, init_params
 from refdns.optim import SGDConfig
 from refdns.prune.obd import OBD, OBDConfig, hessian_diagonal, lowest_score_masks, saliency
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 
 TINY = NetSpec(
     "tiny",

@@ -21,7 +21,8 @@ from refdns.prune.obs import (
     obs_remove,
     woodbury_inverse,
 )
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 
 TINY = NetSpec(
     "tiny",

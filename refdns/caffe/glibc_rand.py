@@ -1,19 +1,19 @@
-"""glibc's ``rand()``, written out, so refdns can make the DNS authors' Caffe mask-update draws on any platform.
+"""glibc's ``rand()``, written out, so refdns can make the DNS authors' Caffe mask-update draws anywhere.
 
-The authors' DNS layers (``compress_inner_product_layer.cpp``, ``compress_conv_layer.cpp``) decide whether to
-update a mask with ``r = static_cast<float>(rand()) / static_cast<float>(RAND_MAX)``, C ``rand()`` never seeded,
-i.e. glibc's default stream (the same as after ``srand(1)``). Calling libc through ctypes would tie a run to
-the C library of the machine it runs on (musl, macOS and MSVC have other generators); this module is glibc's
-generator itself, so the stream is the same everywhere.
+The authors' DNS layers (``compress_inner_product_layer.cpp``, ``compress_conv_layer.cpp``) decide whether
+to update a mask with ``r = static_cast<float>(rand()) / static_cast<float>(RAND_MAX)``, C ``rand()`` never
+seeded, i.e. glibc's default stream (the same as after ``srand(1)``). Calling libc through ctypes would tie
+a run to the C library of the machine it runs on (musl, macOS and MSVC have other generators); this module
+is glibc's generator itself, so the stream is the same everywhere.
 
 glibc's ``rand()`` is ``random()`` with its default TYPE_3 state (stdlib/random_r.c): an additive lagged
 Fibonacci generator of degree 31 and separation 3 on 32-bit words,
 
     ``r[i] = r[i-31] + r[i-3]  (mod 2**32)``,  output ``r[i] >> 1``  (0 .. RAND_MAX = 2**31 - 1),
 
-seeded by ``srand(seed)``: ``r[0] = seed`` (as int32; 0 is taken as 1), ``r[i] = 16807 * r[i-1] mod (2**31 - 1)``
-for i = 1..30 (Schrage's method, C truncating division), ``r[31..33] = r[0..2]``, and the first 310 outputs
-``r[34..343]`` discarded: the first ``rand()`` is ``r[344] >> 1``.
+seeded by ``srand(seed)``: ``r[0] = seed`` (as int32; 0 is taken as 1), ``r[i] = 16807 * r[i-1] mod
+(2**31 - 1)`` for i = 1..30 (Schrage's method, C truncating division), ``r[31..33] = r[0..2]``, and the
+first 310 outputs ``r[34..343]`` discarded: the first ``rand()`` is ``r[344] >> 1``.
 
 State
 -----
@@ -44,7 +44,8 @@ class GlibcRandState:
     table : ndarray, shape (31,), uint32
         The last 31 words of the sequence, in a ring.
     pos : int
-        Ring index of the oldest word, ``r[i-31]``; the next output is ``(table[pos] + table[(pos+28) % 31]) >> 1``.
+        Ring index of the oldest word, ``r[i-31]``; the next output is
+        ``(table[pos] + table[(pos + 28) % 31]) >> 1`` (mod 2**32).
     """
 
     table: np.ndarray
@@ -58,7 +59,8 @@ class GlibcRandState:
             raise ValueError(f"table has dtype {table.dtype}, expected an integer dtype (uint32)")
         if table.size and (int(table.min()) < 0 or int(table.max()) > _MASK32):
             raise ValueError("table values must lie in 0 .. 2**32 - 1 (uint32 words)")
-        if isinstance(self.pos, bool) or not isinstance(self.pos, (int, np.integer)) or not 0 <= self.pos < DEGREE:
+        pos_is_int = isinstance(self.pos, (int, np.integer)) and not isinstance(self.pos, bool)
+        if not pos_is_int or not 0 <= self.pos < DEGREE:
             raise ValueError(f"pos={self.pos!r} must be an int in 0 .. {DEGREE - 1}")
         table = table.astype(np.uint32)
         table.flags.writeable = False

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from refdns.caffe.glibc_rand import (
     RAND_MAX,
     GlibcRand,
@@ -25,7 +26,8 @@ GLIBC_SEED1 = [1804289383, 846930886, 1681692777, 1714636915, 1957747793,
                424238335, 719885386, 1649760492, 596516649, 1189641421]
 
 # Seeds that exercise srandom_r's corners: 0 (taken as 1), int32 overflow (seed >= 2**31 is a negative
-# int32 word, so C's truncating division differs from Python's floor division), Schrage's 127773 and 2**31 - 1.
+# int32 word, so C's truncating division differs from Python's floor division), 127773 (Schrage's q) and
+# 2**31 - 1.
 SEEDS = [0, 1, 2, 7, 42, 127773, 2147483647, 2**31, 2**31 + 5, 2**32 - 1]
 
 
@@ -126,7 +128,7 @@ def test_set_state_wants_a_state():
         GlibcRand().set_state((np.zeros(31, np.uint32), 0))
 
 
-# ---- (float)rand() / (float)RAND_MAX -------------------------------------------------------------------------
+# ---- (float)rand() / (float)RAND_MAX ----------------------------------------------------------------------
 
 def test_uniform_is_numpys_float32_division():
     r = GlibcRand(1).rand_n(10_000)
@@ -143,8 +145,9 @@ def test_float_cast_rounds_to_nearest_even():
     r = np.array([0, 1, 2**24 + 1, 2**24 + 3, RAND_MAX - 63, RAND_MAX - 64, RAND_MAX], dtype=np.int64)
     u = rand_to_float32(r)
     scale = np.float32(2.0**-31)
-    assert u.tolist() == [0.0, float(np.float32(1) * scale), float(np.float32(2**24) * scale),
-                          float(np.float32(2**24 + 4) * scale), 1.0, float(np.float32(2**31 - 128) * scale), 1.0]
+    expected = [0.0, np.float32(1) * scale, np.float32(2**24) * scale, np.float32(2**24 + 4) * scale, 1.0,
+                np.float32(2**31 - 128) * scale, 1.0]
+    assert u.tolist() == [float(v) for v in expected]
 
 
 def test_rand_to_float32_refuses_what_rand_never_returns():
@@ -158,7 +161,7 @@ def test_rand_to_float32_refuses_what_rand_never_returns():
 
 @pytest.mark.parametrize("seed", [1, 7, 2**31 + 5])
 def test_uniform_matches_c_float_arithmetic_through_libc(seed):
-    """(float)r by libc's strtof (correctly rounded), / 2**31 by libm's ldexpf (RAND_MAX as a float is 2**31)."""
+    """(float)r by libc's strtof (correctly rounded), / 2**31 by libm's ldexpf: (float)RAND_MAX is 2**31."""
     libc = _glibc()
     libc.strtof.restype = ctypes.c_float
     libc.strtof.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
@@ -174,7 +177,7 @@ def test_uniform_matches_c_float_arithmetic_through_libc(seed):
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) to build the C oracle")
 @pytest.mark.parametrize("seed", [1, 7])
 def test_uniform_matches_the_c_expression_compiled(tmp_path, seed):
-    """The authors' exact expression, compiled: float bits of static_cast<float>(rand())/static_cast<float>(RAND_MAX)."""
+    """The authors' expression compiled: bits of static_cast<float>(rand()) / static_cast<float>(RAND_MAX)."""
     _glibc()
     src = tmp_path / "draw.c"
     src.write_text(
@@ -182,7 +185,8 @@ def test_uniform_matches_the_c_expression_compiled(tmp_path, seed):
         "int main(int argc, char **argv) {\n"
         "  srand((unsigned)strtoul(argv[1], 0, 10));\n"
         "  for (int i = 0; i < 10000; ++i) {\n"
-        "    float r = (float)rand() / (float)RAND_MAX; unsigned b; memcpy(&b, &r, 4); printf(\"%u\\n\", b);\n"
+        "    float r = (float)rand() / (float)RAND_MAX;\n"
+        "    unsigned b; memcpy(&b, &r, 4); printf(\"%u\\n\", b);\n"
         "  }\n  return 0;\n}\n")
     exe = tmp_path / "draw"
     subprocess.run(["cc", "-O0", "-o", str(exe), str(src)], check=True, capture_output=True)

@@ -33,6 +33,7 @@ DEGREE = 31  # TYPE_3: rand_deg
 SEPARATION = 3  # TYPE_3: rand_sep
 _DISCARD = 10 * DEGREE  # srandom_r: kc = rand_deg * 10 outputs thrown away after seeding
 _MASK32 = 0xFFFFFFFF
+_RAND_MAX_F32 = np.float32(float(RAND_MAX))  # (float)RAND_MAX rounds to 2**31
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,8 @@ class GlibcRand:
 
     def uniform(self) -> np.float32:
         """The next Caffe DNS draw, ``(float)rand() / (float)RAND_MAX``, in [0, 1]."""
-        return rand_to_float32(np.int64(self.rand()))[()]
+        # scalar twin of rand_to_float32: int -> float64 is exact below 2**53; float64 -> float32 rounds once
+        return np.float32(float(self.rand())) / _RAND_MAX_F32
 
     def uniform_n(self, n: int) -> np.ndarray:
         """The next ``n`` Caffe DNS draws; ndarray, shape (n,), float32."""
@@ -177,8 +179,7 @@ def rand_to_float32(r: np.ndarray) -> np.ndarray:
     if r.size and (int(r.min()) < 0 or int(r.max()) > RAND_MAX):
         raise ValueError(f"r must lie in 0 .. RAND_MAX = {RAND_MAX}")
     num = r.astype(np.float64).astype(np.float32)  # (float)rand(): one rounding, from an exact float64
-    den = np.float32(np.float64(RAND_MAX))  # (float)RAND_MAX == 2**31
-    return num / den
+    return num / _RAND_MAX_F32
 
 
 def caffe_uniform(seed: int, n: int) -> np.ndarray:

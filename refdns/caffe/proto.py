@@ -285,8 +285,10 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
 def read_solverstate(path: str | os.PathLike) -> tuple[int, list[np.ndarray]]:
     """The iteration and the solver history (SGD: the momentum of every learnable blob, in net order).
 
-    For the authors' DNS layers the history holds four blobs per layer: W, b, W mask, b mask (the masks'
-    momentum stays zero, since Caffe's DNS layers never give them a gradient).
+    For the authors' DNS layers the history holds four blobs per layer: W, b, W mask, b mask. The masks'
+    history is not zero: the solver applies weight decay and momentum to the mask blobs too (so it holds
+    ``lr * weight_decay * mask`` accumulated), and only ``Net::Update`` skips them, so the masks stay 0/1.
+    It has no effect on training; a mapping onto refdns's velocity takes the W and b entries only.
 
     Returns
     -------

@@ -214,6 +214,65 @@ def test_released_models_evaluate_to_the_papers_errors(mnist, name, net, _nonzer
     assert round(error_rate(spec, params, x_test, y_test) * len(y_test)) == errors
 
 
+# ---- files written by the authors' Caffe -------------------------------------------------------------------
+
+# Made by the fork as built by the peers/caffe-dns build.sh (issue 16): in tests/data,
+# `caffe train --solver=caffe_tiny_solver.prototxt` (2 iterations of a DummyData net, random_seed 1; the same
+# bytes on every run). ip1 is a DNS CInnerProduct (4 blobs), ip2 a plain InnerProduct (2 blobs); the layers
+# also carry every field Caffe writes (bottom, top, param, phase, fillers), which the reader skips.
+CAFFE_MODEL = DATA / "caffe_tiny_iter_2.caffemodel"
+CAFFE_STATE = DATA / "caffe_tiny_iter_2.solverstate"
+CAFFE_NAMES = ("ip1", "ip2")
+CAFFE_SHAPES = {"ip1.weight": (3, 5), "ip1.bias": (3,), "ip2.weight": (2, 3), "ip2.bias": (2,)}
+
+
+def test_caffe_written_model_reads(tmp_path):
+    layers = read_caffemodel(CAFFE_MODEL)
+    assert list(layers) == list(CAFFE_NAMES)  # data, relu and loss hold no blobs
+    assert [b.shape for b in layers["ip1"]] == [(3, 5), (3,), (3, 5), (3,)]
+    assert [b.shape for b in layers["ip2"]] == [(2, 3), (2,)]
+    params, masks = caffemodel_to_params(layers, CAFFE_NAMES, CAFFE_SHAPES)
+    assert 0 < masks["ip1.weight"].sum() < 15  # the first forward pruned some of ip1 (c_rate 0)
+    assert masks["ip2.weight"].all() and masks["ip2.bias"].all()
+    # what the writer makes of it, Caffe's extra fields dropped, reads back the same
+    write_caffemodel(tmp_path / "m.caffemodel", layers)
+    again = read_caffemodel(tmp_path / "m.caffemodel")
+    assert all(_same(a, b) for k in layers for a, b in zip(layers[k], again[k], strict=True))
+
+
+def test_caffe_written_solverstate_reads():
+    iteration, history = read_solverstate(CAFFE_STATE)
+    assert iteration == 2
+    assert [h.shape for h in history] == [(3, 5), (3,), (3, 5), (3,), (2, 3), (2,)]
+    _, masks = caffemodel_to_params(read_caffemodel(CAFFE_MODEL), CAFFE_NAMES, CAFFE_SHAPES)
+    # the mask blobs' history is weight decay's momentum: non-zero exactly where the mask is 1
+    assert np.array_equal(history[2] != 0, masks["ip1.weight"])
+    assert np.array_equal(history[3] != 0, masks["ip1.bias"])
+
+
+@pytest.mark.parametrize("path", [CAFFE_MODEL, CAFFE_STATE], ids=lambda p: p.suffix)
+def test_every_truncation_of_the_caffe_written_files_is_refused(tmp_path, path):
+    """Except one that loses nothing: a cut just before the trailing loss layer, which holds no blobs."""
+    data = path.read_bytes()
+    cut_path = tmp_path / path.name
+    harmless = []
+    for cut in range(len(data)):
+        cut_path.write_bytes(data[:cut])
+        if path.suffix == ".solverstate":
+            with pytest.raises(CaffeFormatError):
+                read_solverstate(cut_path)
+            continue
+        try:
+            layers = read_caffemodel(cut_path)
+            caffemodel_to_params(layers, CAFFE_NAMES, CAFFE_SHAPES)
+        except CaffeFormatError:
+            continue
+        full = read_caffemodel(path)
+        assert all(_same(a, b) for k in full for a, b in zip(full[k], layers[k], strict=True))
+        harmless.append(cut)
+    assert len(harmless) == (path.suffix == ".caffemodel")
+
+
 # ---- damaged files -----------------------------------------------------------------------------------------
 
 def _top_level_boundaries(data: bytes) -> set[int]:

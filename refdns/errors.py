@@ -88,3 +88,12 @@ class CompressError(RefdnsError, ValueError):
 
 class RdcError(CompressError):
     """An ``.rdc`` compressed file is truncated, damaged (checksum), of an unknown version, or no .rdc."""
+
+
+class CaffeFormatError(RefdnsError, ValueError):
+    """A Caffe ``.caffemodel`` or ``.solverstate`` file is damaged, or does not hold what the net needs.
+
+    Raised for broken protobuf framing (varint overflow, truncated fields, wrong wire types), blobs whose
+    shape does not match their data, NaN or Inf values, mask blobs that are not 0/1, and missing layers or
+    wrongly shaped blobs when mapping onto a refdns net.
+    """

@@ -19,12 +19,30 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+NO_DATA = "no MNIST copy: set REFDNS_DATA to a folder holding mnist/ (see data/README.md)"
+
+
+def _has_mnist(folder: Path) -> bool:
+    return any((folder / "mnist").glob("train-images-idx3-ubyte*")) or any(folder.glob("train-images-idx3-ubyte*"))
+
+
 def data_dir() -> Path | None:
-    """Where the real MNIST files are: $REFDNS_DATA, else the shared folder beside the clone."""
+    """Where the real MNIST files are: $REFDNS_DATA, else the shared folder beside the clone; None when
+    neither holds them."""
     env = os.environ.get("REFDNS_DATA")
-    if env:
-        return Path(env)
-    return SHARED_DATA if SHARED_DATA.is_dir() else None
+    folder = Path(env) if env else SHARED_DATA
+    return folder if folder.is_dir() and _has_mnist(folder) else None
+
+
+def require_data() -> Path:
+    """The MNIST folder, or skip the test with the reason; with REFDNS_REQUIRE_DATA=1 (CI, which has the
+    data) a missing copy fails the test instead, so no real-data test can silently not run there."""
+    d = data_dir()
+    if d is None:
+        if os.environ.get("REFDNS_REQUIRE_DATA") == "1":
+            pytest.fail(NO_DATA + " (REFDNS_REQUIRE_DATA=1: the real-data tests must run here)")
+        pytest.skip(NO_DATA)
+    return d
 
 
 @pytest.fixture
@@ -37,9 +55,7 @@ def mnist():
     """(x_train, y_train, x_test, y_test) of real MNIST; skipped with a reason when no copy is reachable."""
     from refdns.datasets import load_mnist
 
-    d = data_dir()
-    if d is None:
-        pytest.skip("no MNIST copy: set REFDNS_DATA to a folder holding mnist/ (see data/README.md)")
+    d = require_data()
     x_train, y_train = load_mnist("train", data_dir=d, download=False)
     x_test, y_test = load_mnist("test", data_dir=d, download=False)
     return x_train, y_train, x_test, y_test

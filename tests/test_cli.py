@@ -8,13 +8,11 @@ import sys
 import pytest
 
 from refdns import checkpoint
-from tests.conftest import data_dir
+from tests.conftest import require_data
 
 
 def run_cli(*args, cwd=None):
-    d = data_dir()
-    if d is None:
-        pytest.skip("no MNIST copy: set REFDNS_DATA")
+    d = require_data()
     env = dict(os.environ, REFDNS_DATA=str(d))
     return subprocess.run([sys.executable, "-m", "refdns", *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=300)
@@ -43,7 +41,7 @@ def test_nonsense_setting_gives_a_clear_error_and_writes_nothing(tmp_path):
 def test_missing_data_says_where_it_looked(tmp_path):
     env = dict(os.environ, REFDNS_DATA=str(tmp_path / "nowhere"), XDG_CACHE_HOME=str(tmp_path / "cache"))
     r = subprocess.run([sys.executable, "-m", "refdns", "train", "--net", "lenet-5", "--no-download"],
-                       capture_output=True, text=True, env=env, timeout=120)
+                       capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert r.returncode == 2
     assert "nowhere" in r.stderr
 

@@ -22,7 +22,7 @@ from refdns.sparse import (
     relative_index_entries,
     storage_report,
 )
-from tests.conftest import data_dir
+from tests.conftest import require_data
 from tests.tolerances import assert_close
 
 
@@ -193,9 +193,7 @@ def test_sparse_net_refuses_bad_input(rng):
 
 
 def test_infer_cli_sparse_and_dense_agree(rng, tmp_path):
-    d = data_dir()
-    if d is None:
-        pytest.skip("no MNIST copy: set REFDNS_DATA (see data/README.md)")
+    d = require_data()
     state = pruned_state("lenet-300-100", rng, 0.03)
     path = checkpoint.save(tmp_path / "p.h5", state, method="test")
     out = {}

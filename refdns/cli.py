@@ -1,7 +1,7 @@
 """refdns: train, prune and verify small networks on MNIST, the way the pruning papers' own code did.
 
 Commands: train (dense), dns (surgery on a dense checkpoint), reproduce (dense + any pruning method + the
-paper's table), golden / verify (step traces for checking another implementation), import / export (.npz
+paper's table), resume (an interrupted run, bit-exactly), golden / verify (step traces for checking another implementation), import / export (.npz
 weights), eval / infer (test error, dense or with the sparse kernels). `refdns COMMAND --help` for each.
 Errors exit with status 2 and say what was wrong; --debug shows the traceback of an unexpected failure.
 """
@@ -69,6 +69,15 @@ class Progress:
             print(f"  {json.dumps(exp.method.config_dict(), sort_keys=True)}", file=sys.stderr)
         self.cfg = cfg
         self.bar = tqdm(total=cfg.iterations, desc=f"{name} {exp.net}", unit="it", disable=not self.enabled,
+                        dynamic_ncols=True, leave=False, file=sys.stderr)
+
+    def resume(self, total: int, done: int, config: dict) -> None:
+        from tqdm import tqdm
+
+        from refdns.run import TrainConfig
+
+        self.cfg = TrainConfig(**config["train"])
+        self.bar = tqdm(total=total, initial=done, desc="resume", unit="it", disable=not self.enabled,
                         dynamic_ncols=True, leave=False, file=sys.stderr)
 
     def step(self, state, loss: float, lr: float) -> None:
@@ -284,6 +293,37 @@ def cmd_reproduce(args) -> int:
     print(f"pipeline wall time {result.seconds:.1f} s (dense {took}, {args.method} {result.pruned.seconds:.1f} s)")
     if args.json:
         write_json(args.json, result_json(result))
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from refdns.pipeline import pruning_summary, resume
+
+    check_inputs({"checkpoint": args.checkpoint})
+    ck = checkpoint.load(args.checkpoint)
+    out = args.out if args.out is not None else ck.config.get("resume_target")
+    if out is None:
+        raise ConfigError(f"{args.checkpoint} was not left by an interrupted run: give --out for the result")
+    check_outputs({"--out": out, "--json": args.json}, inputs={"checkpoint": args.checkpoint}, force=args.force)
+    data = load_data(ck.config.get("dataset", "mnist"), data_dir=args.data_dir, download=not args.no_download)
+    total = ck.config.get("train", {}).get("iterations", 0)
+    print(f"refdns {__version__}: resuming {args.checkpoint} ({ck.state.spec.name}, {ck.method}) at iteration "
+          f"{ck.state.iteration} of {total}", file=sys.stderr)
+    prog = Progress(enabled=not args.no_progress and sys.stderr.isatty())
+    prog.resume(total, ck.state.iteration, ck.config)
+    try:
+        phase = resume(args.checkpoint, data, out=out, on_step=prog.step, on_test=prog.test)
+    finally:
+        prog.close()
+    summary = None
+    if phase.name != "dense":
+        summary = pruning_summary(phase.state.spec, phase.state.masks, ck.config.get("dense_test_error", math.nan),
+                                  phase.test_error)
+        print(format_table(summary))
+    print(f"{phase.state.spec.name}: test error {100 * phase.test_error:.2f}% after {phase.iterations} iterations; "
+          f"checkpoint {phase.checkpoint}")
+    if args.json:
+        write_json(args.json, phase_json(phase, summary))
     return 0
 
 
@@ -541,6 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     _prune_args(p)
     _data_args(p)
 
+    p = command("resume", cmd_resume, "continue an interrupted run from its checkpoint, bit-exactly")
+    p.add_argument("checkpoint", help="the .partial.h5 an interrupted command left (or any checkpoint, with --out)")
+    p.add_argument("--out", metavar="FILE", help="checkpoint to write (default: the one the run was to write)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    _output_args(p)
+    _data_args(p)
+
     p = command("golden", cmd_golden, "write a golden step trace (HDF5) for checking another implementation")
     p.add_argument("--net", required=True, choices=nets)
     p.add_argument("--method", default="dns", choices=["dense", "dns"], help="what the traced steps run")
@@ -599,8 +646,12 @@ def main(argv: list[str] | None = None) -> int:
     except RefdnsError as e:
         print(f"refdns: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("refdns: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        where = getattr(e, "checkpoint", None)
+        if where is not None:
+            print(f"refdns: {e}\nrefdns: continue it with: refdns resume {where}", file=sys.stderr)
+        else:
+            print("refdns: interrupted (nothing written)", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, not a bad input: say so, and keep the traceback for --debug
         if args.debug:

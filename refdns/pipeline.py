@@ -8,6 +8,8 @@ scripts in validate/ call :func:`reproduce` directly. Nothing here prints: progr
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from refdns import checkpoint
-from refdns.config import check_number, to_dict
+from refdns.config import check_number, from_dict, to_dict
 from refdns.datasets import DATASETS, load_mnist
 from refdns.errors import ConfigError
 from refdns.nets import get_spec
@@ -164,8 +166,12 @@ def run_training(
     masks: dict[str, np.ndarray] | None = None,
     on_step: Callable | None = None,
     on_test: Callable | None = None,
+    interrupted: Callable[[RunState], None] | None = None,
 ) -> tuple[RunState, float]:
     """Train from ``params`` (or xavier init) and return the state and the wall time in seconds.
+
+    ``interrupted(state)`` is called when Ctrl-C stops the run, with the state of the last whole iteration
+    (see :func:`continue_training`).
 
     Zero iterations change nothing, except that a one-shot method (``method.one_shot``: magnitude, random,
     OBD, OBS) applies its masks: pruning without retraining.
@@ -174,9 +180,34 @@ def run_training(
     t0 = time.perf_counter()
     if method is not None and cfg.iterations == 0 and method.one_shot:
         prune_without_training(state, method)
-    train(state, data.x_train, data.y_train, cfg, method=method, x_test=data.x_test, y_test=data.y_test,
-          on_step=on_step, on_test=on_test)
+    continue_training(state, data, cfg, method, on_step=on_step, on_test=on_test, interrupted=interrupted)
     return state, time.perf_counter() - t0
+
+
+def continue_training(state: RunState, data: Data, cfg: TrainConfig, method: PruningMethod | None, *,
+                      on_step=None, on_test=None, interrupted=None) -> RunState:
+    """Train ``state`` on until ``cfg.iterations``.
+
+    With ``interrupted`` given (and in the main thread), Ctrl-C does not tear an iteration in half: the
+    iteration under way finishes, ``interrupted(state)`` is called (it saves a checkpoint and raises
+    :class:`RunInterrupted`), and a second Ctrl-C aborts at once.
+    """
+    hit = []
+    handler = None
+    if interrupted is not None and threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):
+            hit.append(signum)
+            signal.signal(signal.SIGINT, handler)  # a second Ctrl-C aborts at once
+        handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        train(state, data.x_train, data.y_train, cfg, method=method, x_test=data.x_test, y_test=data.y_test,
+              on_step=on_step, on_test=on_test, should_stop=lambda: bool(hit))
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+    if hit and state.iteration < cfg.iterations:
+        interrupted(state)
+    return state
 
 
 def final_test_error(state: RunState, data: Data) -> float:
@@ -253,9 +284,10 @@ def reproduce(
     else:
         if on_phase is not None:
             on_phase("dense", exp, exp.dense)
-        state, seconds = run_training(spec, data, exp.dense, seed=exp.seed, on_step=on_step, on_test=on_test)
         config = run_config(spec, exp.dataset, exp.seed, exp.dense, None)
         path = dense_out if exp.method is not None else out
+        state, seconds = run_training(spec, data, exp.dense, seed=exp.seed, on_step=on_step, on_test=on_test,
+                                      interrupted=_saver(path, "dense", config))
         if path is not None:
             checkpoint.save(path, state, method="dense", config=config)
         dense = Phase("dense", state, config, final_test_error(state, data), seconds,
@@ -264,10 +296,11 @@ def reproduce(
     if exp.method is not None:
         if on_phase is not None:
             on_phase(exp.method.name, exp, exp.train)
+        config = run_config(spec, exp.dataset, exp.seed, exp.train, exp.method) | {
+            "dense_test_error": dense.test_error}
         state, seconds = run_training(spec, data, exp.train, seed=exp.seed, method=exp.method,
                                       params=dense.state.params, masks=dense.state.masks, on_step=on_step,
-                                      on_test=on_test)
-        config = run_config(spec, exp.dataset, exp.seed, exp.train, exp.method)
+                                      on_test=on_test, interrupted=_saver(out, exp.method.name, config))
         if out is not None:
             checkpoint.save(out, state, method=exp.method.name, config=config)
         result.pruned = Phase(exp.method.name, state, config, final_test_error(state, data), seconds,
@@ -275,6 +308,71 @@ def reproduce(
         result.summary = pruning_summary(spec, state.masks, dense.test_error, result.pruned.test_error)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; ``checkpoint`` holds its state, which ``refdns resume`` continues bit-exactly."""
+
+    def __init__(self, checkpoint: Path, iteration: int):
+        super().__init__(f"interrupted at iteration {iteration}; resumable checkpoint {checkpoint}")
+        self.checkpoint, self.iteration = checkpoint, iteration
+
+
+def partial_path(target: str | Path) -> Path:
+    """Where an interrupted run that was to write ``target`` leaves its resumable checkpoint."""
+    target = Path(target)
+    return target.with_name(target.stem + ".partial" + target.suffix)
+
+
+def _saver(target: str | Path | None, method: str, config: dict[str, Any]) -> Callable[[RunState], None] | None:
+    if target is None:
+        return None
+
+    def save(state: RunState) -> None:
+        path = partial_path(target)
+        checkpoint.save(path, state, method=method, config=config | {"resume_target": str(target)})
+        raise RunInterrupted(path, state.iteration)
+
+    return save
+
+
+def resume(path: str | Path, data: Data, *, out: str | Path | None = None, on_step=None, on_test=None) -> Phase:
+    """Continue an interrupted (or any) run from its checkpoint to the length its config asks for.
+
+    The checkpoint holds everything that determines the future of a run (parameters, momentum, masks,
+    method state, every random stream, the batch order), so the result equals an uninterrupted run bit for
+    bit. Writes ``out`` (default: the target the run was going to write) and removes a ``.partial`` file.
+    """
+    ck = checkpoint.load(path)
+    cfg_dict = ck.config
+    if "train" not in cfg_dict:
+        raise ConfigError(f"{path} records no training settings (an imported net?): nothing to resume")
+    cfg = TrainConfig(**cfg_dict["train"])
+    method = method_from_config(cfg_dict.get("method"))
+    target = Path(out if out is not None else cfg_dict.get("resume_target", path))
+    state = ck.state
+    t0 = time.perf_counter()
+    config = {k: v for k, v in cfg_dict.items() if k != "resume_target"}
+    continue_training(state, data, cfg, method, on_step=on_step, on_test=on_test,
+                      interrupted=_saver(target, ck.method, config))
+    checkpoint.save(target, state, method=ck.method, config=config)
+    partial = partial_path(target)
+    if Path(path).resolve() == partial.resolve() and partial.exists():
+        partial.unlink()
+    return Phase(ck.method, state, config, final_test_error(state, data), time.perf_counter() - t0, target)
+
+
+def method_from_config(d: dict[str, Any] | None) -> PruningMethod | None:
+    """The pruning method a checkpoint's config describes (``None`` for dense training)."""
+    if not d:
+        return None
+    d = dict(d)
+    name = d.pop("method", None)
+    known = reproducible_methods()
+    if name not in known:
+        raise ConfigError(f"method {name!r} in the checkpoint's config cannot be rebuilt (known: {sorted(known)})")
+    cls = known[name]
+    return cls(from_dict(cls.config_type, d))
 
 
 def layer_table(spec: NetSpec, masks: dict[str, np.ndarray]) -> list[dict[str, Any]]:

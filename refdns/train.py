@@ -96,9 +96,12 @@ def train(
     until: int | None = None,
     on_step: Callable[[RunState, float, float], None] | None = None,
     on_test: Callable[[RunState, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunState:
     """Train until ``state.iteration == until`` (default ``cfg.iterations``); test every ``test_interval``.
 
+    ``should_stop()``, checked after each whole iteration, ends the run early (Ctrl-C, see
+    :func:`refdns.pipeline.continue_training`).
     ``on_step(state, loss, lr)`` and ``on_test(state, test_error)`` let a caller (the CLI) show progress;
     this module never prints. The test error at the last iteration is always measured when test data is
     given.
@@ -122,4 +125,6 @@ def train(
             state.history.test_error.append((it, err))
             if on_test is not None:
                 on_test(state, err)
+        if should_stop is not None and should_stop():
+            break  # between iterations: the state is whole, and a checkpoint of it resumes exactly
     return state

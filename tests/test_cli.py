@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from refdns import checkpoint
@@ -78,3 +79,35 @@ def test_dns_refuses_a_checkpoint_of_another_net(tmp_path):
                    "--out", str(out), "--no-progress").returncode == 0
     r = run_cli("dns", "--net", "lenet-5", "--from", str(out), "--no-progress")
     assert r.returncode == 2 and "holds a lenet-300-100" in r.stderr
+
+
+def test_ctrl_c_during_train_leaves_a_resumable_checkpoint(tmp_path):
+    """Ctrl-C used to exit 130 and throw the run away; now it leaves runs/<name>.partial.h5 and says how to
+    resume, and `refdns resume` finishes the very run an uninterrupted one makes."""
+    import signal
+    import time
+
+    d = require_data()
+    env = dict(os.environ, REFDNS_DATA=str(d), OPENBLAS_NUM_THREADS="1")
+    args = ["train", "--net", "lenet-300-100", "--iterations", "3000", "--test-interval", "100", "--no-progress"]
+    p = subprocess.Popen([sys.executable, "-m", "refdns", *args, "--out", str(tmp_path / "m.h5")],
+                         stderr=subprocess.PIPE, text=True, env=env)
+    for line in p.stderr:  # wait until training is under way
+        if line.startswith("iter "):
+            break
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 130, err
+    partial = tmp_path / "m.partial.h5"
+    assert f"refdns resume {partial}" in err and partial.exists() and not (tmp_path / "m.h5").exists()
+    stopped_at = checkpoint.load(partial).state.iteration
+    assert 0 < stopped_at < 3000
+    r = run_cli("resume", str(partial), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert not partial.exists()
+    r = run_cli(*args, "--out", str(tmp_path / "whole.h5"))
+    assert r.returncode == 0, r.stderr
+    a, b = checkpoint.load(tmp_path / "m.h5").state, checkpoint.load(tmp_path / "whole.h5").state
+    assert a.iteration == b.iteration == 3000
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)

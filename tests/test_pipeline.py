@@ -1,6 +1,9 @@
 """Whole experiments: the Experiment and the recipes it resolves, zero-iteration runs, one-shot pruning
 without retraining, and the JSON figures the CLI writes."""
 
+import os
+import signal
+
 import numpy as np
 import pytest
 
@@ -97,3 +100,40 @@ def test_reproduce_returns_both_phases_and_the_json_the_cli_writes(mnist, tmp_pa
     assert all(np.array_equal(again.pruned.state.params[k], result.pruned.state.params[k])
                for k in result.pruned.state.params)
     assert again.dense.seconds is None and again.dense.test_error == result.dense.test_error
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint_and_resume_is_bit_exact(mnist, tmp_path, monkeypatch):
+    """Ctrl-C used to throw the run away; now it leaves <target>.partial.h5 and resume finishes the very
+    run an uninterrupted one would have made."""
+    from refdns import checkpoint
+    from refdns import train as train_module
+    from refdns.pipeline import RunInterrupted, experiment, partial_path, reproduce, resume
+
+    data = Data(*mnist)
+    exp = experiment("lenet-300-100", "dns", iterations=40, dense_iterations=30, test_interval=0)
+    whole = reproduce(exp, data, dense_out=tmp_path / "a-dense.h5", out=tmp_path / "a.h5")
+
+    real_step = train_module.train_step
+    calls = {"n": 0}
+
+    def step(state, *a, **kw):  # a real Ctrl-C (SIGINT) during the 47th step of the run (the surgery's 17th)
+        calls["n"] += 1
+        if calls["n"] == 47:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(state, *a, **kw)
+
+    monkeypatch.setattr(train_module, "train_step", step)
+    out = tmp_path / "b.h5"
+    with pytest.raises(RunInterrupted) as info:
+        reproduce(exp, data, dense_out=tmp_path / "b-dense.h5", out=out)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    assert info.value.checkpoint == partial_path(out) and not out.exists()
+    assert checkpoint.load(info.value.checkpoint).state.iteration == 17  # the step under way finished
+    phase = resume(info.value.checkpoint, data)
+    assert phase.checkpoint == out and not partial_path(out).exists()
+    a, b = whole.pruned.state, checkpoint.load(out).state
+    assert b.iteration == 40
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k]) and np.array_equal(a.masks[k], b.masks[k])
+        assert np.array_equal(a.velocity[k], b.velocity[k])
+    assert [r.to_dict() for r in a.history.mask_updates] == [r.to_dict() for r in b.history.mask_updates]

@@ -5,8 +5,8 @@
 Caffe reading (``inclusive_prune=True``): a kept entry is pruned where |w| <= a, a pruned one spliced back
 where |w| > b. Distiller reading (``False``): pruned where |w| < a, spliced where |w| >= b.
 
-The NumPy twin is :func:`refdns.prune.dns.hysteresis` (a new mask via ``np.where``) plus two
-``count_nonzero`` passes for the statistics; the kernel makes one pass and no temporaries. The thresholds
+The NumPy twin is :func:`hysteresis_update_ref` (boolean algebra on whole arrays) plus ``count_nonzero``
+passes for the statistics; the kernel makes one pass and no temporaries. The thresholds
 are rounded to the weights' dtype first, which is what NumPy 2 does when it compares a float32 array with a
 Python float (NEP 50), so the two agree bit for bit, boundaries included.
 """
@@ -84,10 +84,16 @@ def hysteresis_update(mask: np.ndarray, w: np.ndarray, a: float, b: float, *,
 
 def hysteresis_update_ref(mask: np.ndarray, w: np.ndarray, a: float, b: float, *,
                           inclusive_prune: bool = True) -> tuple[int, int, int]:
-    """The NumPy twin: DNS's own :func:`~refdns.prune.dns.hysteresis`, then the counts by comparison."""
-    from refdns.prune.dns import hysteresis
+    """The NumPy twin, written as boolean algebra on whole arrays: ``T' = (T & keep) | (~T & splice)``.
 
-    new = hysteresis(mask, w, a, b, inclusive_prune=inclusive_prune)
+    (:func:`refdns.prune.dns.hysteresis` states the same rule with ``np.where``; tests/prune/test_dns.py
+    checks the kernel against both.)
+    """
+    aw = np.abs(w)
+    t = w.dtype.type
+    keep = aw > t(a) if inclusive_prune else aw >= t(a)
+    splice = aw > t(b) if inclusive_prune else aw >= t(b)
+    new = (mask & keep) | (~mask & splice)
     pruned = int(np.count_nonzero(mask & ~new))
     spliced = int(np.count_nonzero(~mask & new))
     mask[...] = new

@@ -22,7 +22,6 @@ feature-major sparse x dense product for dense layers behind convolutions.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,14 +287,6 @@ class SparseNet:
                     ) -> SparseNet:
         """Export ``w * mask`` of every layer (:func:`export_csr`) and build the net on it."""
         return cls(spec, export_csr(spec, params, masks))
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> SparseNet:
-        """Load a checkpoint (any method) and export ``w * mask`` of every layer."""
-        from refdns import checkpoint
-
-        st = checkpoint.load(path).state
-        return cls.from_params(st.spec, st.params, st.masks)
 
     def storage(self, **kw) -> list[dict[str, Any]]:
         """:func:`storage_report` of this net's layers."""

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from refdns import checkpoint
 from tests.conftest import require_data

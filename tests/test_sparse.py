@@ -120,7 +120,8 @@ def test_sparse_net_from_checkpoint_matches_dense(name, rng, tmp_path):
     if name == "lenet-300-100":
         state.masks["ip1.weight"][:7] = False  # empty rows
     path = checkpoint.save(tmp_path / "p.h5", state, method="test")
-    net = SparseNet.from_checkpoint(path)
+    st = checkpoint.load(path).state
+    net = SparseNet.from_params(st.spec, st.params, st.masks)
     x = rng.random((5, 1, 28, 28)).astype(np.float32)
     x[x < 0.6] = 0  # MNIST-like: mostly background
     want, _ = forward(state.spec, effective_params(state.params, state.masks), x)

@@ -553,13 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("train", cmd_train, "train a dense LeNet on MNIST with Caffe's recipe")
-    p.add_argument("--net", required=True, choices=nets)
+    p.add_argument("--net", required=True, choices=nets, help="the network (Caffe layer names and layouts)")
     p.add_argument("--out", metavar="FILE", help=f"checkpoint to write (default {DEFAULT_DIR}/<net>-dense.h5)")
     _run_args(p, iterations=10_000, iterations_help="training iterations")
     _data_args(p)
 
     p = command("dns", cmd_dns, "Dynamic Network Surgery on a trained dense checkpoint")
-    p.add_argument("--net", required=True, choices=nets)
+    p.add_argument("--net", required=True, choices=nets, help="the network (Caffe layer names and layouts)")
     p.add_argument("--from", dest="from_", required=True, metavar="CKPT", help="dense checkpoint to start from")
     p.add_argument("--out", metavar="FILE", help=f"checkpoint to write (default {DEFAULT_DIR}/<net>-dns.h5)")
     _run_args(p, iterations=None, iterations_help="surgery iterations (unset: the recipe's)")
@@ -567,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
 
     p = command("reproduce", cmd_reproduce, "the whole pipeline: dense training, pruning, the paper's table")
-    p.add_argument("--net", required=True, choices=nets)
+    p.add_argument("--net", required=True, choices=nets, help="the network (Caffe layer names and layouts)")
     p.add_argument("--method", default="dns", choices=sorted(reproducible_methods()),
                    help="pruning method (refdns/prune/<method>.py) with its recipe for the net")
     p.add_argument("--dense-iterations", type=POSITIVE, default=None,
@@ -589,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
 
     p = command("golden", cmd_golden, "write a golden step trace (HDF5) for checking another implementation")
-    p.add_argument("--net", required=True, choices=nets)
+    p.add_argument("--net", required=True, choices=nets, help="the network (Caffe layer names and layouts)")
     p.add_argument("--method", default="dns", choices=["dense", "dns"], help="what the traced steps run")
     p.add_argument("--steps", type=POSITIVE, default=5, help="training steps to trace")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="trace file to write (HDF5)")
@@ -607,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("import", cmd_import, "make a checkpoint from an .npz weight file (<layer>.weight/.bias)")
     p.add_argument("npz", help=".npz file with <layer>.weight and <layer>.bias arrays in Caffe layouts")
-    p.add_argument("--net", required=True, choices=nets)
+    p.add_argument("--net", required=True, choices=nets, help="the network (Caffe layer names and layouts)")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="checkpoint to write")
     p.add_argument("--mask-from-zeros", action="store_true", help="mask = the non-zero pattern of the weights")
     p.add_argument("--seed", type=NATURAL, default=0, help="seeds the batch order and mask draws of a later run")

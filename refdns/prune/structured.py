@@ -24,6 +24,7 @@ import numpy as np
 
 from refdns.config import check_number
 from refdns.errors import ConfigError
+from refdns.nets import NETS
 from refdns.nets.sequential import NetSpec
 from refdns.prune.base import PruningMethod, Recipe, check_variant
 from refdns.prune.criteria import ACTIVATION_CRITERIA, CRITERIA, unit_scores
@@ -160,10 +161,24 @@ class StructuredPruning(PruningMethod):
         if self.config.criterion in ACTIVATION_CRITERIA and self.x is None:
             raise ConfigError(f"criterion {self.config.criterion!r} scores activations: construct the method "
                               "with training data (StructuredPruning(config, x, y) or .with_data(x, y))")
+        self._layout(spec)
+        return {"step": np.array(0, dtype=np.int64)}
+
+    def _layout(self, spec: NetSpec) -> None:
         self.spec = spec
         self.units = unit_layers(spec)
         self.targets = removal_targets(spec, self.config)
-        return {"step": np.array(0, dtype=np.int64)}
+
+    def _ensure_layout(self, params: dict[str, np.ndarray]) -> None:
+        """A run resumed from a checkpoint skips :meth:`init_state`; find its net among the known ones by
+        the parameter shapes (the unit layout needs the ops, not only the shapes)."""
+        if hasattr(self, "spec"):
+            return
+        shapes = {k: tuple(v.shape) for k, v in params.items()}
+        found = [s for s in NETS.values() if s.param_shapes() == shapes]
+        if not found:
+            raise ConfigError("structured: call init_state(spec, params) first (the net is not a known one)")
+        self._layout(found[0])
 
     def scores(self, params, masks, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Every configured layer's unit scores on the current masked net."""
@@ -195,6 +210,8 @@ class StructuredPruning(PruningMethod):
         cfg = self.config
         records = []
         done = int(state["step"])
+        if done < cfg.steps:
+            self._ensure_layout(params)
         while done < cfg.steps and iteration >= done * cfg.step_iterations:
             new = self.prune_step(done + 1, params, masks, rng)
             records += mask_records(iteration, layer_names(params), masks, new)

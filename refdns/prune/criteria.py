@@ -12,7 +12,7 @@ flatten); the papers score the same thing, the feature map a filter produces.
   ``APoZ_j = sum_n sum_m f(O_{n,j,m} = 0) / (N M)``, f = 1 if true else 0: the fraction of zero outputs after
   the ReLU. Units with *high* APoZ are removed, so the score is ``1 - APoZ``. A layer with no ReLU after it
   (Caffe LeNet-5's convolutions) is scored by the outputs a ReLU would zero (a <= 0);
-* entropy (Luo & Wu, "An Entropy-based Pruning Method for CNN Compression", 2017, eq. (1)-(2)): global average
+* entropy (Luo & Wu, "An Entropy-based Pruning Method for CNN Compression", 2017): global average
   pooling gives one value per image and unit, ``v_{n,j} = mean_m a_{n,j,m}``; its histogram over the batch in
   ``bins`` equal bins gives p_i, and ``H_j = - sum_i p_i log p_i``; a unit whose output hardly varies carries
   little information;
@@ -22,8 +22,9 @@ flatten); the papers score the same thing, the feature map a filter produces.
 * l1-norm (Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient ConvNets", ICLR 2017, Sec. 3.1):
   ``s_j = sum |F_j|``, the sum of absolute weights of filter (or neuron) j; needs no data;
 * Taylor (Molchanov, Tyree, Karras, Aila, Kautz, "Pruning Convolutional Neural Networks for Resource
-  Efficient Inference", ICLR 2017, eq. (8)): ``Theta_j = | (1/M) sum_m dC/dz_{j,m} z_{j,m} |`` per image,
-  averaged over the N images of the batch, then per-layer l2 normalisation (Sec. 2.2),
+  Efficient Inference", ICLR 2017, the criterion Theta_TE): ``Theta_j = | (1/M) sum_m dC/dz_{j,m}
+  z_{j,m} |`` per image,
+  averaged over the N images of the batch, then their per-layer l2 normalisation,
   ``Theta_j / sqrt(sum_j' Theta_j'^2)``.
 
 N.B. ``da`` here is dL/da of the *mean* loss over the batch, so it carries a factor 1/N that the papers'
@@ -66,7 +67,7 @@ def apoz_score(a: np.ndarray) -> np.ndarray:
 
 
 def entropy(a: np.ndarray, bins: int = 100) -> np.ndarray:
-    """Luo & Wu eq. (1)-(2): entropy (nats) of the histogram of unit j's globally average-pooled outputs.
+    """Luo & Wu: entropy (nats) of the histogram of unit j's globally average-pooled outputs.
 
     The histogram spans the unit's own range over the batch in ``bins`` equal bins; a constant unit has
     entropy 0.
@@ -91,7 +92,7 @@ def l1_norm(w: np.ndarray) -> np.ndarray:
 
 
 def taylor(a: np.ndarray, da: np.ndarray) -> np.ndarray:
-    """Molchanov et al. eq. (8) averaged over the batch, then l2-normalised over the layer's units."""
+    """Molchanov et al.'s Theta_TE averaged over the batch, then l2-normalised over the layer's units."""
     if a.shape != da.shape:
         raise ValueError(f"a {a.shape} and da {da.shape} must have the same shape")
     theta = np.abs((_per_unit(a) * _per_unit(da)).mean(axis=2)).mean(axis=0)  # (F,)

@@ -119,8 +119,8 @@ def thin(
         sizes = {op.name: int(np.prod(op.w_shape)) + int(np.prod(op.b_shape)) for op in spec.layers}
         rows = tuple(LayerThinning(op.name, op.w_shape[0], op.w_shape[0], sizes[op.name], sizes[op.name])
                      for op in spec.layers)
-        return spec, params, ThinReport(spec.name, spec.name, False, rows,
-                                        f"{spec.name}: no fully pruned filter or neuron; the net is unchanged")
+        message = f"{spec.name}: no fully pruned filter or neuron; the net is unchanged"
+        return spec, params, ThinReport(spec.name, spec.name, False, rows, message)
 
     # Input columns each layer keeps, from the units its predecessor keeps.
     in_keep: dict[str, np.ndarray] = {}
@@ -128,7 +128,8 @@ def thin(
         if u.next_is_conv:
             in_keep[u.next_layer] = keep[name]
         else:
-            in_keep[u.next_layer] = np.concatenate([np.arange(j * u.block, (j + 1) * u.block) for j in keep[name]])
+            in_keep[u.next_layer] = np.concatenate([np.arange(u.next_columns(j).start, u.next_columns(j).stop)
+                                                    for j in keep[name]])
     new_params: dict[str, np.ndarray] = {}
     new_ops = []
     rows = []
@@ -151,7 +152,8 @@ def thin(
                                   int(np.prod(op.w_shape)) + int(np.prod(op.b_shape)), w.size + b.size))
     name = spec.name + "-thin-" + "-".join(str(keep[n].size) for n in units)
     new_spec = dataclasses.replace(spec, name=name, ops=tuple(new_ops))
-    removed = ", ".join(f"{r.layer} {r.units_before}->{r.units_after}" for r in rows if r.units_after < r.units_before)
+    removed = ", ".join(f"{r.layer} {r.units_before}->{r.units_after}"
+                        for r in rows if r.units_after < r.units_before)
     before, after = sum(r.params_before for r in rows), sum(r.params_after for r in rows)
     report = ThinReport(spec.name, name, True, tuple(rows),
                         f"{spec.name} -> {name}: {removed}; parameters {before:,} -> {after:,}")

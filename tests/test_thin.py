@@ -42,7 +42,8 @@ def test_thinned_net_equals_the_masked_net(rng):
     assert shapes["d2.weight"][1] == shapes["d1.weight"][0]
     # d1 reads c2's kept filters 1 and 3: columns 4..7 and 12..15 of the original
     eff = effective_params(params, masks)
-    np.testing.assert_array_equal(new_params["d1.weight"], eff["d1.weight"][[0, 1, 2, 4]][:, [*range(4, 8), *range(12, 16)]])
+    columns = [*range(4, 8), *range(12, 16)]
+    np.testing.assert_array_equal(new_params["d1.weight"], eff["d1.weight"][[0, 1, 2, 4]][:, columns])
     x = rng.standard_normal((16, 1, 10, 10))
     assert_close(forward(new_spec, new_params, x)[0], forward(TINY_CONV, eff, x)[0])
     assert report.params_after < report.params_before
@@ -55,7 +56,8 @@ def test_an_unread_unit_is_removed_too(rng):
     new_spec, new_params, report = thin(TINY_CONV, params, masks)
     assert new_spec.param_shapes()["d1.weight"][0] == 4
     x = rng.standard_normal((8, 1, 10, 10))
-    assert_close(forward(new_spec, new_params, x)[0], forward(TINY_CONV, effective_params(params, masks), x)[0])
+    eff = effective_params(params, masks)
+    assert_close(forward(new_spec, new_params, x)[0], forward(TINY_CONV, eff, x)[0])
 
 
 def test_a_net_without_a_fully_pruned_unit_comes_back_unchanged(rng):
@@ -83,10 +85,10 @@ def test_thinned_lenet5_predicts_like_the_masked_one_on_mnist(mnist):
     spec = get_spec("lenet-5")
     data = Data(x_train[:2000], y_train[:2000], x_test[:100], y_test[:100])  # the run's own test: small
     dense, _ = run_training(spec, data, TrainConfig(iterations=100, test_interval=10**6), seed=0)
-    method = StructuredPruning(StructuredConfig(criterion="l1", fractions={"conv1": 0.5, "conv2": 0.5, "ip1": 0.5},
-                                                steps=2, step_iterations=20))
-    state, _ = run_training(spec, data, TrainConfig(iterations=40, test_interval=10**6), seed=0, method=method,
-                            params=dense.params, masks=dense.masks)
+    half = {"conv1": 0.5, "conv2": 0.5, "ip1": 0.5}
+    method = StructuredPruning(StructuredConfig(criterion="l1", fractions=half, steps=2, step_iterations=20))
+    state, _ = run_training(spec, data, TrainConfig(iterations=40, test_interval=10**6), seed=0,
+                            method=method, params=dense.params, masks=dense.masks)
     new_spec, new_params, report = thin(spec, state.params, state.masks)
     assert [r.units_after for r in report.layers] == [10, 25, 250, 10]
     eff = effective_params(state.params, state.masks)

@@ -93,8 +93,8 @@ def run_study(args) -> dict:
         t0 = time.perf_counter()
         dense_cfg = TrainConfig(iterations=args.dense_iterations, test_interval=0)
         dense, _ = run_training(spec, data, dense_cfg, seed=seed)
-        dense_rows.append({"seed": seed, "test_error": error_rate(spec, dense.params, data.x_test, data.y_test),
-                           "seconds": time.perf_counter() - t0})
+        err = error_rate(spec, dense.params, data.x_test, data.y_test)
+        dense_rows.append({"seed": seed, "test_error": err, "seconds": time.perf_counter() - t0})
         for criterion in args.criteria:
             for fraction in args.fractions:
                 for finetune in (False, True):
@@ -117,9 +117,9 @@ def summarise(rows, args) -> list[dict]:
             for finetune in (False, True):
                 errs = [r["test_error"] for r in rows
                         if (r["criterion"], r["fraction"], r["finetune"]) == (criterion, fraction, finetune)]
+                sd = float(np.std(errs, ddof=1)) if len(errs) > 1 else 0.0
                 out.append({"criterion": criterion, "fraction": fraction, "finetune": finetune,
-                            "mean": float(np.mean(errs)), "sd": float(np.std(errs, ddof=1)) if len(errs) > 1 else 0.0,
-                            "n": len(errs)})
+                            "mean": float(np.mean(errs)), "sd": sd, "n": len(errs)})
     return out
 
 
@@ -130,8 +130,8 @@ def markdown(res) -> str:
         f"# Structured pruning criteria on {res['net']}{' (--quick)' if s['quick'] else ''}",
         "",
         f"Seeds {s['seeds']}; dense: {s['dense_iterations']:,} iterations of Caffe's solver, test error "
-        f"{100 * np.mean(dense):.2f}% (mean of {len(dense)}). Every hidden layer loses the same fraction of its "
-        f"units in {s['steps']} steps; fine-tune: {s['finetune_iterations']:,} iterations in all "
+        f"{100 * np.mean(dense):.2f}% (mean of {len(dense)}). Every hidden layer loses the same fraction "
+        f"of its units in {s['steps']} steps; fine-tune: {s['finetune_iterations']:,} iterations in all "
         f"(base_lr {s['base_lr']}, inv policy), no fine-tune: the steps back to back. Activation criteria "
         f"score {s['samples']:,} training images per step. Test error on the 10,000 MNIST test images, "
         "mean +- sd over seeds (%). Wall time of the whole study: "
@@ -144,15 +144,16 @@ def markdown(res) -> str:
     by = {(r["criterion"], r["fraction"], r["finetune"]): r for r in res["table"]}
     for c in s["criteria"]:
         cells = [by[(c, f, ft)] for ft in (False, True) for f in s["fractions"]]
-        lines.append(f"| {c} | " + " | ".join(f"{100 * r['mean']:.2f} +- {100 * r['sd']:.2f}" for r in cells) + " |")
+        cells = " | ".join(f"{100 * r['mean']:.2f} +- {100 * r['sd']:.2f}" for r in cells)
+        lines.append(f"| {c} | {cells} |")
     thinned = [r for r in res["runs"] if r["finetune"]]
     if thinned:
         ok = all(r["thin_same_argmax"] for r in thinned)
+        sizes = {r["fraction"]: r["thinned_params"] for r in thinned}
         lines += ["", "Thinned (fine-tuned) nets: parameters "
-                  + ", ".join(f"{int(100 * f)}% removed: {next(r['thinned_params'] for r in thinned if r['fraction'] == f):,}"
-                              for f in s["fractions"])
-                  + f" of {thinned[0]['dense_params']:,}; identical argmax to the masked net on the whole test "
-                  f"set in {sum(r['thin_same_argmax'] for r in thinned)} of {len(thinned)} runs"
+                  + ", ".join(f"{int(100 * f)}% removed: {sizes[f]:,}" for f in s["fractions"])
+                  + f" of {thinned[0]['dense_params']:,}; identical argmax to the masked net on the whole "
+                  f"test set in {sum(r['thin_same_argmax'] for r in thinned)} of {len(thinned)} runs"
                   + ("." if ok else " (MISMATCH).")]
     return "\n".join(lines) + "\n"
 

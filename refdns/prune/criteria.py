@@ -87,7 +87,7 @@ def scaled_entropy(a: np.ndarray, bins: int = 100) -> np.ndarray:
 
 
 def l1_norm(w: np.ndarray) -> np.ndarray:
-    """Li et al. Sec. 3.1: ``s_j = sum |F_j|`` for each filter (conv, (F, C, K, K)) or neuron (dense, (M, D))."""
+    """Li et al. Sec. 3.1: ``s_j = sum |F_j|`` per filter (conv, (F, C, K, K)) or neuron (dense, (M, D))."""
     return np.abs(w.astype(np.float64)).reshape(w.shape[0], -1).sum(axis=1)
 
 

@@ -4,7 +4,7 @@ and NNI ship.
 
 Every ``dt`` iterations from ``t0``, n times, each layer's sparsity is raised to
 
-    # Zhu & Gupta eq. (1): s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3,   t in {t0, t0 + dt, ..., t0 + n dt}
+    # Zhu & Gupta eq. (1): s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3,  t = t0, t0 + dt, .., t0 + n dt
 
 by masking the smallest-magnitude surviving weights of the layer (unstructured, per layer: the layer keeps
 ``round((1 - s_t) * n_l)`` weights). Pruning is fast at first, while there are many redundant weights, and
@@ -51,7 +51,8 @@ class GMPConfig:
 
     def __post_init__(self):
         if not isinstance(self.final_sparsity, dict) or not self.final_sparsity:
-            raise ConfigError(f"final_sparsity must be a non-empty dict {{layer: s_f}}, got {self.final_sparsity!r}")
+            raise ConfigError(
+                f"final_sparsity must be a non-empty dict {{layer: s_f}}, got {self.final_sparsity!r}")
         check_number("initial_sparsity", self.initial_sparsity, lo=0.0, hi=1.0)
         for layer, s in self.final_sparsity.items():
             check_number(f"final_sparsity[{layer!r}]", s, lo=0.0, hi=1.0)
@@ -103,8 +104,8 @@ class GradualMagnitude(PruningMethod):
 
     def sparsity(self, t: int, layer: str) -> float:
         cfg = self.config
-        return gmp_sparsity(t, cfg.initial_sparsity, cfg.final_sparsity[layer], cfg.start_iteration, cfg.steps,
-                            cfg.interval)
+        return gmp_sparsity(t, cfg.initial_sparsity, cfg.final_sparsity[layer], cfg.start_iteration,
+                            cfg.steps, cfg.interval)
 
     def update_masks(self, iteration, params, masks, state, rng) -> list[dict[str, Any]]:
         cfg = self.config

@@ -62,7 +62,8 @@ class StructuredConfig:
         if self.criterion not in CRITERIA:
             raise ConfigError(f"criterion={self.criterion!r} must be one of {CRITERIA}")
         if (self.fractions is None) == (self.counts is None):
-            raise ConfigError("give exactly one of fractions={layer: fraction removed} or counts={layer: units}")
+            raise ConfigError(
+                "give exactly one of fractions={layer: fraction removed} or counts={layer: units}")
         given = self.fractions if self.fractions is not None else self.counts
         if not isinstance(given, dict) or not given:
             raise ConfigError(f"fractions/counts must be a non-empty dict {{layer: value}}, got {given!r}")
@@ -70,7 +71,8 @@ class StructuredConfig:
             for layer, f in self.fractions.items():
                 check_number(f"fractions[{layer!r}]", f, lo=0.0, hi=1.0)
                 if f >= 1.0:
-                    raise ConfigError(f"fractions[{layer!r}]={f!r} would remove every unit of layer {layer!r}")
+                    raise ConfigError(
+                        f"fractions[{layer!r}]={f!r} would remove every unit of layer {layer!r}")
             object.__setattr__(self, "fractions", {str(k): float(v) for k, v in self.fractions.items()})
         else:
             for layer, c in self.counts.items():
@@ -93,7 +95,8 @@ def removal_targets(spec: NetSpec, cfg: StructuredConfig) -> dict[str, int]:
     out = {}
     for layer, value in cfg.layers.items():
         if layer not in spec.layer_names:
-            raise ConfigError(f"structured: {spec.name} has no layer {layer!r} (its layers: {spec.layer_names})")
+            raise ConfigError(
+                f"structured: {spec.name} has no layer {layer!r} (its layers: {spec.layer_names})")
         if layer not in prunable_layers(spec):
             raise ConfigError(f"structured: layer {layer!r} is {spec.name}'s output layer; its units are "
                               "the classes and are never removed")
@@ -150,7 +153,8 @@ class StructuredPruning(PruningMethod):
         check_variant(cls, variant)
         layers = {"lenet-5": ("conv1", "conv2", "ip1"), "lenet-300-100": ("ip1", "ip2")}
         if net not in layers:
-            raise ConfigError(f"method 'structured' has no default recipe for {net!r} (known: {sorted(layers)})")
+            raise ConfigError(
+                f"method 'structured' has no default recipe for {net!r} (known: {sorted(layers)})")
         cfg = StructuredConfig(criterion="l1", fractions={layer: 0.5 for layer in layers[net]})
         return Recipe(cfg, note="refdns's choice: 50% of hidden units by l1-norm, 5 steps x 1,000 iterations")
 

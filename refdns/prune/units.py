@@ -1,4 +1,4 @@
-"""Whole units (conv filters, dense neurons) of a sequential net: which entries belong to one, and their masks.
+"""Whole units (conv filters, dense neurons) of a sequential net: which entries belong to one; their masks.
 
 Unit j of a parametric layer L is output channel j (conv, weight ``[j, :, :, :]``) or output neuron j
 (dense, weight row ``[j, :]``) together with bias ``[j]``. What reads it is the next parametric layer L':
@@ -63,7 +63,7 @@ def unit_layers(spec: NetSpec) -> dict[str, UnitLayer]:
     shapes = op_output_shapes(spec)
     param_idx = [i for i, op in enumerate(spec.ops) if OPS[op.kind].has_params]
     out = {}
-    for i, nxt in zip(param_idx[:-1], param_idx[1:]):
+    for i, nxt in zip(param_idx[:-1], param_idx[1:], strict=True):
         op = spec.ops[i]
         act = i
         for k in range(i + 1, nxt):

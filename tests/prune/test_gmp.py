@@ -23,7 +23,8 @@ from tests.prune.tiny import TINY, tiny_batch
 def test_schedule_is_the_cubic_formula(s_i, s_f, t0, n, dt, k):
     k = min(k, n)
     t = t0 + k * dt
-    assert gmp_sparsity(t, s_i, s_f, t0, n, dt) == pytest.approx(s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt)) ** 3)
+    expected = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt)) ** 3
+    assert gmp_sparsity(t, s_i, s_f, t0, n, dt) == pytest.approx(expected)
     assert gmp_sparsity(t0, s_i, s_f, t0, n, dt) == pytest.approx(s_i)
     assert gmp_sparsity(t0 + n * dt, s_i, s_f, t0, n, dt) == pytest.approx(s_f)
     assert gmp_sparsity(t0 + 10 * n * dt, s_i, s_f, t0, n, dt) == pytest.approx(s_f)

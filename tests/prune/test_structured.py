@@ -204,7 +204,8 @@ def test_a_resumed_run_finds_its_net_without_init_state(rng):
     """train() skips init_state when resuming from a checkpoint; the method finds LeNet-300-100 by shapes."""
     spec = get_spec("lenet-300-100")
     params = init_params(spec, rng=rng)
-    method = StructuredPruning(StructuredConfig(criterion="l1", counts={"ip2": 10}, steps=2, step_iterations=5))
+    cfg = StructuredConfig(criterion="l1", counts={"ip2": 10}, steps=2, step_iterations=5)
+    method = StructuredPruning(cfg)
     masks = all_ones_masks(params)
     method.update_masks(5, params, masks, {"step": np.array(1)}, rng)
     assert (~unit_alive(masks, "ip2")).sum() == 10

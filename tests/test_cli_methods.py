@@ -94,6 +94,6 @@ def test_reproduce_offers_only_methods_with_a_recipe():
     from refdns.cli import build_parser
     from refdns.prune.base import reproducible_methods
 
-    assert set(reproducible_methods()) == {"dns", "han", "magnitude", "random"}
+    assert set(reproducible_methods()) == {"dns", "gmp", "han", "magnitude", "random", "structured"}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["reproduce", "--net", "lenet-5", "--method", "obd"])

@@ -38,6 +38,7 @@ __all__ = [
     "forward",
     "init_params",
     "loss_and_grads",
+    "output_grads",
     "param_key",
     "predict",
     "weight_key",
@@ -162,13 +163,29 @@ def backward(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache) -> dict[st
     largest GEMM of the first layer.
     """
     grads: dict[str, np.ndarray] = {}
+    for _, _, op_grads in _backward_steps(spec, dlogits, cache):
+        grads.update(op_grads)
+    return {k: grads[k] for k in spec.param_shapes()}
+
+
+def _backward_steps(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache):
+    """The backward pass, one op at a time from the last: yields ``(i, dL/d(output of op i), op_grads)``."""
     d = dlogits
     first = spec.first_layer_index
     for i in range(len(spec.ops) - 1, first - 1, -1):
         op = spec.ops[i]
+        d_out = d
         d, op_grads = OPS[op.kind].backward(op, d, cache.op_caches[i], need_dx=i != first)
-        grads.update(op_grads)
-    return {k: grads[k] for k in spec.param_shapes()}
+        yield i, d_out, op_grads
+
+
+def output_grads(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache) -> dict[int, np.ndarray]:
+    """dL/d(output of op i) for every op from the first parametric one on, keyed by op index.
+
+    The same backward pass as :func:`backward` (activation-based pruning criteria such as Molchanov et al.'s
+    Taylor expansion need dL/da of a unit, not only of the parameters).
+    """
+    return {i: d_out for i, d_out, _ in _backward_steps(spec, dlogits, cache)}
 
 
 def loss_and_grads(

@@ -193,7 +193,7 @@ def _method_overrides(args, net: str) -> dict[str, Any]:
         if value is None:
             continue
         if field not in names:
-            hint = " (Han's length is --rounds x --round-iterations)" if flag == "iterations" else ""
+            hint = " (its length is set by its own schedule)" if flag == "iterations" else ""
             raise ConfigError(f"--{flag.replace('_', '-')} does not apply to --method {method}{hint}")
         over[field] = value
     return over

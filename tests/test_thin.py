@@ -12,7 +12,7 @@ from refdns.prune.base import all_ones_masks
 from refdns.prune.structured import StructuredConfig, StructuredPruning
 from refdns.prune.units import effective_params, remove_units, unit_layers
 from refdns.thin import thin
-from refdns.train import TrainConfig
+from refdns.run import TrainConfig
 from tests.prune.test_structured import TINY_CONV
 from tests.tolerances import assert_close
 

@@ -40,7 +40,7 @@ from refdns.prune.criteria import CRITERIA
 from refdns.prune.structured import StructuredConfig, StructuredPruning
 from refdns.prune.units import effective_params, prunable_layers
 from refdns.thin import thin
-from refdns.train import TrainConfig
+from refdns.run import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "validate" / "results"

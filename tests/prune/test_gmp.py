@@ -14,7 +14,8 @@ from refdns.optim import SGDConfig
 from refdns.pipeline import experiment
 from refdns.prune.base import all_ones_masks, methods
 from refdns.prune.gmp import GMPConfig, GradualMagnitude, gmp_sparsity
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 from tests.prune.tiny import TINY, tiny_batch
 
 

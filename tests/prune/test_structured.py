@@ -13,7 +13,8 @@ from refdns.prune import criteria
 from refdns.prune.base import all_ones_masks, methods
 from refdns.prune.structured import StructuredConfig, StructuredPruning
 from refdns.prune.units import effective_params, remove_units, unit_activations, unit_layers
-from refdns.train import TrainConfig, new_run, train_step
+from refdns.run import TrainConfig, new_run
+from refdns.train import train_step
 from tests.prune.tiny import TINY, tiny_batch
 
 # A tiny conv net with the LeNet-5 pattern: conv -> pool -> conv -> pool -> flatten -> dense -> relu -> dense.

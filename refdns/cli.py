@@ -58,11 +58,13 @@ class Progress:
 
     def __init__(self, *, enabled: bool):
         self.enabled, self.bar, self.last_loss, self.cfg = enabled, None, float("nan"), None
+        self.measured_on = "test"
 
     def phase(self, name: str, exp, cfg) -> None:
         from tqdm import tqdm
 
         self.close()
+        self.measured_on = exp.select_on
         print(f"refdns {__version__}: {name} {exp.net} for {cfg.iterations} iterations, seed {exp.seed}",
               file=sys.stderr)
         if name != "dense":
@@ -89,7 +91,7 @@ class Progress:
     def test(self, state, err: float) -> None:
         lr = learning_rate(self.cfg.sgd, state.iteration - 1)
         self.bar.write(f"iter {state.iteration:>6}  loss {self.last_loss:.4f}  lr {lr:.6f}  "
-                       f"test error {100 * err:.2f}%", file=sys.stderr)
+                       f"{self.measured_on} error {100 * err:.2f}%", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -205,7 +207,7 @@ def _experiment(args, method: str | None, *, dense_from: str | None = None):
     if args.base_lr is not None:
         sgd["base_lr"] = args.base_lr
     common = dict(sgd=sgd, batch_size=args.batch_size, test_interval=args.test_interval, dataset=args.dataset,
-                  seed=args.seed, dense_from=dense_from)
+                  seed=args.seed, dense_from=dense_from, threads=args.threads, select_on=args.select_on)
     if method is None:
         return experiment(args.net, None, iterations=args.iterations, dense_iterations=args.iterations, **common)
     overrides = _method_overrides(args, args.net)
@@ -507,7 +509,16 @@ def _run_args(p, *, iterations: int | None, iterations_help: str) -> None:
     g.add_argument("--test-interval", type=NATURAL, default=1000,
                    help="iterations between test evaluations (0: at the end only)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    _experiment_args(g)
     _output_args(p)
+
+
+def _experiment_args(g) -> None:
+    g.add_argument("--threads", type=POSITIVE, default=1, help="BLAS and Numba threads (recorded in the "
+                   "checkpoint; the bits of a run depend on it; 1 was fastest on 2 cores)")
+    g.add_argument("--select-on", dest="select_on", default="test", choices=["test", "validation"],
+                   help="test: the paper's protocol (errors during the run on the test set); validation: hold "
+                   "out the last 10,000 training images, measure on them, read the test set once at the end")
 
 
 def _dns_args(p) -> None:

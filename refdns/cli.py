@@ -329,6 +329,103 @@ def cmd_resume(args) -> int:
     return 0
 
 
+# ---- run files, seeds ----------------------------------------------------------------------------------
+
+def _run_seeds(args, exp, seeds, out_dir: Path, *, label: str) -> list:
+    """Run ``exp`` once per seed (checkpoints in ``out_dir``), print each seed's line and the statistics."""
+    from refdns.stats import format_statistics, result_row, seed_statistics
+
+    method = exp.method_name
+    outs = {s: (None if exp.method is None or exp.dense_from else out_dir / f"seed{s}-dense.h5",
+                out_dir / f"seed{s}-{method}.h5") for s in seeds}
+    if exp.dense_from is not None:
+        check_inputs({"dense.from": exp.dense_from})
+    named = {f"seed {s} ({what})": p for s, pair in outs.items() for what, p in zip(("dense", method), pair)}
+    check_outputs(named | {"--json": args.json}, force=args.force)
+    data = _data(args, exp)
+    prog = Progress(enabled=not args.no_progress and sys.stderr.isatty())
+    rows = []
+    try:
+        for s in seeds:
+            dense_out, out = outs[s]
+            result = reproduce(dataclasses.replace(exp, seed=s), data, dense_out=dense_out, out=out,
+                               on_phase=prog.phase, on_step=prog.step, on_test=prog.test)
+            row = result_row(result)
+            rows.append(row)
+            val = "" if row["validation_error"] is None else f", validation error {100 * row['validation_error']:.2f}%"
+            print(f"seed {s}: test error {100 * row['test_error']:.2f}%{val}, kept {100 * row['kept_fraction']:.3f}% "
+                  f"({result.seconds:.1f} s); checkpoint {out}")
+    finally:
+        prog.close()
+    stats = seed_statistics(rows)
+    print("\n" + format_statistics(stats, label))
+    if args.json:
+        write_json(args.json, {"runs": rows, "statistics": stats})
+    return rows
+
+
+def _experiment_overrides(args, exp):
+    changes = {k: getattr(args, k) for k in ("threads", "select_on") if getattr(args, k, None) is not None}
+    return dataclasses.replace(exp, **changes) if changes else exp
+
+
+def cmd_run(args) -> int:
+    from refdns import runfile
+
+    exp, seeds = runfile.read(args.runfile)
+    if args.seeds is not None:
+        seeds = runfile.parse_seeds(args.seeds, "--seeds")
+    exp = _experiment_overrides(args, exp)
+    name = Path(args.runfile).stem
+    out_dir = Path(args.out_dir) if args.out_dir is not None else DEFAULT_DIR / name
+    resolved = out_dir / "run.toml"
+    check_outputs({"run.toml": resolved}, force=args.force)
+    _run_seeds(args, exp, seeds, out_dir, label=f"{name} ({exp.net}, {exp.method_name})")
+    runfile.write(resolved, exp, seeds, header=f"the run file {args.runfile} as run, every setting spelled out")
+    print(f"\nrun file as run: {resolved}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from refdns import runfile
+
+    check_inputs({"checkpoint": args.checkpoint})
+    ck = checkpoint.load(args.checkpoint)
+    exp, seeds = runfile.from_dict(runfile.from_checkpoint_config(ck.config, source=str(args.checkpoint)))
+    text = runfile.dumps(runfile.to_dict(exp, seeds), header=(
+        f"recreates {args.checkpoint} ({ck.state.spec.name}, {ck.method}, iteration {ck.state.iteration}):\n"
+        f"refdns run THIS_FILE, or refdns rerun {args.checkpoint}"))
+    if args.out is not None:
+        check_outputs({"--out": args.out}, inputs={"checkpoint": args.checkpoint}, force=args.force)
+        write_text(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    from refdns import runfile
+
+    check_inputs({"checkpoint": args.checkpoint})
+    ck = checkpoint.load(args.checkpoint)
+    exp, _ = runfile.from_dict(runfile.from_checkpoint_config(ck.config, source=str(args.checkpoint)))
+    exp = _experiment_overrides(args, exp)
+    out_dir = Path(args.out_dir) if args.out_dir is not None else DEFAULT_DIR / f"{Path(args.checkpoint).stem}-rerun"
+    _run_seeds(args, exp, (exp.seed,), out_dir, label=f"rerun of {args.checkpoint}")
+    again = checkpoint.load(out_dir / f"seed{exp.seed}-{exp.method_name}.h5").state
+    old = ck.state
+    differ = [k for k in old.params if not (np.array_equal(old.params[k], again.params[k])
+                                            and np.array_equal(old.masks[k], again.masks[k]))]
+    if not differ and again.iteration == old.iteration:
+        print(f"\nthe rerun equals {args.checkpoint} bit for bit (weights and masks)")
+    else:
+        print(f"\nthe rerun differs from {args.checkpoint} in {len(differ)} of {len(old.params)} tensors "
+              f"(iteration {again.iteration} vs {old.iteration}); bits repeat only with the same threads and "
+              "library builds (README)")
+    return 0
+
+
 def cmd_golden(args) -> int:
     from refdns.datasets import load_mnist
     from refdns.golden import write_golden
@@ -551,6 +648,16 @@ def _prune_args(p) -> None:
     g.add_argument("--scope", choices=["layer", "global"], help="magnitude: per-layer or one global threshold")
 
 
+def _seed_run_args(p) -> None:
+    g = p.add_argument_group("run (the file's settings unless changed)")
+    g.add_argument("--threads", type=POSITIVE, default=None, help="BLAS and Numba threads (unset: the file's)")
+    g.add_argument("--select-on", dest="select_on", default=None, choices=["test", "validation"],
+                   help="test: the paper's protocol; validation: last 10,000 training images (unset: the file's)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    _output_args(p, json_help="also write every seed's figures and the statistics as JSON")
+    _data_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refdns", description=__doc__, formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"refdns {__version__}")
@@ -598,6 +705,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     _output_args(p)
     _data_args(p)
+
+    p = command("run", cmd_run, "run the experiment a run file (TOML) describes, once per seed, with statistics")
+    p.add_argument("runfile", help="run file (TOML; see refdns/runfile.py), or a built-in recipe name such as "
+                   "lenet-5-dns (refdns/recipes/)")
+    p.add_argument("--seeds", help="seeds to run instead of the file's: 0-4 or 0,3")
+    p.add_argument("--out-dir", help=f"where checkpoints and run.toml go (default {DEFAULT_DIR}/<file stem>)")
+    _seed_run_args(p)
+
+    p = command("show", cmd_show, "print the run file (TOML) that recreates a checkpoint's run")
+    p.add_argument("checkpoint", help="HDF5 checkpoint written by train, dns, reproduce or run")
+    p.add_argument("-o", "--out", metavar="FILE", help="write the run file here instead of printing it")
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+
+    p = command("rerun", cmd_rerun, "rerun a checkpoint's experiment from its recorded settings and say "
+                "whether the result repeats bit for bit")
+    p.add_argument("checkpoint", help="HDF5 checkpoint written by train, dns, reproduce or run")
+    p.add_argument("--out-dir", help=f"where the new checkpoints go (default {DEFAULT_DIR}/<stem>-rerun)")
+    _seed_run_args(p)
 
     p = command("golden", cmd_golden, "write a golden step trace (HDF5) for checking another implementation")
     p.add_argument("--net", required=True, choices=nets)

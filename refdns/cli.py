@@ -13,7 +13,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -426,6 +428,46 @@ def cmd_rerun(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from refdns import sweep as sw
+
+    sweep = sw.read(args.sweepfile)
+    out_dir = Path(args.out_dir) if args.out_dir is not None else DEFAULT_DIR / Path(args.sweepfile).stem
+    own = out_dir / "sweep.json"
+    described = json.dumps({"base": sweep.base, "grid": sweep.grid, "seeds": list(sweep.seeds)}, sort_keys=True,
+                           indent=1) + "\n"
+    if own.exists() and own.read_text() != described and not args.force:
+        raise ConfigError(f"{out_dir} holds the results of another sweep ({own}); give another --out-dir, or "
+                          "--force to add this sweep's points beside them")
+    if args.data_dir is None and args.scheduler is None:
+        from refdns.datasets import load_mnist
+
+        load_mnist("train", dataset=sweep.base["dataset"], download=not args.no_download)  # once, here
+    engine = sw.DaskEngine(args.scheduler) if args.scheduler else sw.LocalPool(args.workers)
+    n = len(sweep.points()) * len(sweep.seeds)
+    where = f"Dask scheduler {args.scheduler}" if args.scheduler else f"{args.workers} local process(es)"
+    print(f"refdns {__version__}: sweep {args.sweepfile}: {len(sweep.points())} point(s) x {len(sweep.seeds)} "
+          f"seed(s) = {n} runs on {where}, one thread each; results in {out_dir}", file=sys.stderr)
+    write_text(own, described)
+    done = []
+
+    def on_done(point, seed, row, reused):
+        done.append(1)
+        note = " (finished before)" if reused else ""
+        print(f"[{len(done)}/{n}] {point} seed {seed}: test error {100 * row['test_error']:.2f}%, kept "
+              f"{100 * row['kept_fraction']:.3f}%{note}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    try:
+        result = sw.run_sweep(sweep, out_dir, engine, data_dir=args.data_dir, on_done=on_done)
+    finally:
+        engine.close()
+    print(sw.format_table(result))
+    print(f"\nsweep wall time {time.perf_counter() - t0:.1f} s; tables {out_dir / 'table.md'} and "
+          f"{out_dir / 'table.json'}")
+    return 0
+
+
 def cmd_golden(args) -> int:
     from refdns.datasets import load_mnist
     from refdns.golden import write_golden
@@ -723,6 +765,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="HDF5 checkpoint written by train, dns, reproduce or run")
     p.add_argument("--out-dir", help=f"where the new checkpoints go (default {DEFAULT_DIR}/<stem>-rerun)")
     _seed_run_args(p)
+
+    p = command("sweep", cmd_sweep, "run a grid of settings x seeds in parallel (process pool or Dask) into one "
+                "table; finished points are not rerun")
+    p.add_argument("sweepfile", help="sweep file: a run file plus [grid] (see refdns/sweep.py)")
+    p.add_argument("--out-dir", help=f"results folder (default {DEFAULT_DIR}/<file stem>); rerun to resume")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler (tcp://host:8786) instead of the "
+                   "local process pool (pip install 'refdns[sweep]')")
+    p.add_argument("--workers", type=POSITIVE, default=os.cpu_count() or 1, help="local processes")
+    p.add_argument("--force", action="store_true", help="use an --out-dir that holds another sweep's results")
+    _data_args(p)
 
     p = command("golden", cmd_golden, "write a golden step trace (HDF5) for checking another implementation")
     p.add_argument("--net", required=True, choices=nets)

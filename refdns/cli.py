@@ -283,6 +283,13 @@ def cmd_reproduce(args) -> int:
         raise ConfigError("--dense-from and --dense-iterations contradict each other: the dense phase is either "
                           "read from the checkpoint or trained; give one")
     out_dir = Path(args.out_dir)
+    if args.seeds is not None:
+        from refdns.runfile import parse_seeds
+
+        exp = _experiment(args, args.method, dense_from=args.dense_from)
+        _run_seeds(args, exp, parse_seeds(args.seeds, "--seeds"), out_dir / f"{args.net}-{args.method}",
+                   label=f"{args.net}, {args.method}")
+        return 0
     dense_out = None if args.dense_from else out_dir / f"{args.net}-dense.h5"
     out = out_dir / f"{args.net}-{args.method}.h5"
     check_inputs({"--dense-from": args.dense_from})
@@ -735,6 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-from", metavar="CKPT", help="start from this dense checkpoint instead of training "
                    "one (its iterations still count in the JSON's `iterations`)")
     p.add_argument("--out-dir", default=str(DEFAULT_DIR), help="where the dense and pruned checkpoints go")
+    p.add_argument("--seeds", help="run once per seed (0-4 or 0,3; checkpoints in <out-dir>/<net>-<method>/) and "
+                   "report mean, sd, min and max (instead of --seed)")
     _run_args(p, iterations=None, iterations_help="pruning iterations (unset: the recipe's; magnitude and "
               "random: retraining iterations)")
     _dns_args(p)

@@ -475,6 +475,27 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from refdns.report import report_inputs, write_report
+
+    check_inputs({"checkpoint": args.checkpoint})
+    ck = checkpoint.load(args.checkpoint)
+    dense_path = args.dense if args.dense is not None else report_inputs(ck.config)
+    dense = None
+    if dense_path is not None and Path(dense_path).exists():
+        dense = checkpoint.load(dense_path).state
+    elif args.dense is not None:
+        check_inputs({"--dense": args.dense})
+    out_dir = Path(args.out)
+    check_outputs({"index.html": out_dir / "index.html"}, inputs={"checkpoint": args.checkpoint}, force=args.force)
+    figs = write_report(ck, out_dir, source=str(args.checkpoint), dense=dense)
+    for f in figs:
+        print(f"{f.path}: {f.title}")
+    print(f"{out_dir / 'index.html'}: the page" + ("" if dense is not None else
+          " (no dense checkpoint found: no histogram at the start; give --dense CKPT)"))
+    return 0
+
+
 def cmd_golden(args) -> int:
     from refdns.datasets import load_mnist
     from refdns.golden import write_golden
@@ -784,6 +805,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=POSITIVE, default=os.cpu_count() or 1, help="local processes")
     p.add_argument("--force", action="store_true", help="use an --out-dir that holds another sweep's results")
     _data_args(p)
+
+    p = command("report", cmd_report, "figures of a run (PNGs and one HTML page): density, churn, error, |w| "
+                "histograms with DNS's a and b")
+    p.add_argument("checkpoint", help="HDF5 checkpoint of a pruning run (or a dense one)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="folder for the PNGs and index.html")
+    p.add_argument("--dense", metavar="CKPT", help="the dense checkpoint the run started from (unset: the one its "
+                   "config records)")
+    p.add_argument("--force", action="store_true", help="overwrite a report that exists in DIR")
 
     p = command("golden", cmd_golden, "write a golden step trace (HDF5) for checking another implementation")
     p.add_argument("--net", required=True, choices=nets)

@@ -350,6 +350,8 @@ def _reproduce(exp, data, dense_out, out, dense_state, on_phase, on_step, on_tes
             on_phase(exp.method.name, exp, exp.train)
         key = "dense_validation_error" if exp.select_on == "validation" else "dense_test_error"
         config = run_config(spec, exp.dataset, exp.seed, exp.train, exp.method) | extra | {key: dense.test_error}
+        if dense.checkpoint is not None:  # where the run started (refdns report draws its weights)
+            config["dense_checkpoint"] = str(dense.checkpoint)
         state, seconds = run_training(spec, sel, exp.train, seed=exp.seed, method=exp.method,
                                       params=dense.state.params, masks=dense.state.masks, on_step=on_step,
                                       on_test=on_test, interrupted=_saver(out, exp.method.name, config))

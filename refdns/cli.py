@@ -496,6 +496,33 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sensitivity(args) -> int:
+    from refdns import sensitivity as sens
+
+    check_inputs({"checkpoint": args.checkpoint})
+    densities = sens.check_densities(_floats(args.densities, "--densities"))
+    outs = {"--json": args.json, "--figure": args.figure}
+    check_outputs(outs, inputs={"checkpoint": args.checkpoint}, force=args.force)
+    ck = checkpoint.load(args.checkpoint)
+    select_on = args.select_on or ck.config.get("select_on", "test")
+    data = load_data(ck.config.get("dataset", "mnist"), data_dir=args.data_dir, download=not args.no_download)
+    result = sens.sensitivity(ck.state, data, densities, select_on=select_on)
+    print(sens.format_table(result))
+    if args.figure:
+        sens.figure(result, args.figure)
+        print(f"\nfigure {args.figure}")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected numbers separated by commas") from None
+
+
 def cmd_golden(args) -> int:
     from refdns.datasets import load_mnist
     from refdns.golden import write_golden
@@ -813,6 +840,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", metavar="CKPT", help="the dense checkpoint the run started from (unset: the one its "
                    "config records)")
     p.add_argument("--force", action="store_true", help="overwrite a report that exists in DIR")
+
+    p = command("sensitivity", cmd_sensitivity, "prune one layer at a time by magnitude to each density (no "
+                "retraining) and report the error: the usual first look before choosing per-layer c_rate")
+    p.add_argument("checkpoint", help="HDF5 checkpoint (a dense one, usually)")
+    p.add_argument("--densities", default="1,0.5,0.3,0.2,0.1,0.05,0.03,0.02,0.01",
+                   help="fractions of each layer's weights to keep, comma-separated")
+    p.add_argument("--select-on", dest="select_on", choices=["test", "validation"], default=None,
+                   help="measure on the test set or the validation split (unset: the protocol the run used)")
+    p.add_argument("--figure", metavar="PNG", help="also draw error against kept fraction per layer")
+    _output_args(p, json_help="also write the table as JSON")
+    _data_args(p)
 
     p = command("golden", cmd_golden, "write a golden step trace (HDF5) for checking another implementation")
     p.add_argument("--net", required=True, choices=nets)

@@ -476,8 +476,15 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from refdns.report import report_inputs, write_report
+    from refdns.report import report_inputs, write_report, write_sweep_report
 
+    if Path(args.checkpoint).is_dir():
+        if not (Path(args.checkpoint) / "table.json").exists():
+            raise ConfigError(f"{args.checkpoint} is a folder without a sweep's table.json")
+        check_outputs({"index.html": Path(args.out) / "index.html"}, force=args.force)
+        for f in write_sweep_report(args.checkpoint, args.out):
+            print(f"{f.path}: {f.title}")
+        return 0
     check_inputs({"checkpoint": args.checkpoint})
     ck = checkpoint.load(args.checkpoint)
     dense_path = args.dense if args.dense is not None else report_inputs(ck.config)
@@ -835,7 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("report", cmd_report, "figures of a run (PNGs and one HTML page): density, churn, error, |w| "
                 "histograms with DNS's a and b")
-    p.add_argument("checkpoint", help="HDF5 checkpoint of a pruning run (or a dense one)")
+    p.add_argument("checkpoint", help="HDF5 checkpoint of a pruning run (or a dense one), or a sweep's folder "
+                   "(error against kept fraction with seed error bars)")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="folder for the PNGs and index.html")
     p.add_argument("--dense", metavar="CKPT", help="the dense checkpoint the run started from (unset: the one its "
                    "config records)")

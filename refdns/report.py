@@ -172,3 +172,53 @@ td,th{{padding:2px 10px;text-align:right}}</style></head><body>
 def report_inputs(config: dict[str, Any]) -> str | None:
     """The dense checkpoint a run started from, as its config records it (None if it does not)."""
     return config.get("dense_from") or config.get("dense_checkpoint")
+
+
+def sweep_figure(table: dict[str, Any], out_dir: str | Path) -> Figure:
+    """Error against kept fraction, one point per grid point, error bars = sd over its seeds."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    kinds = [("test_error", "test error")]
+    if table["select_on"] == "validation":
+        kinds.insert(0, ("validation_error", "validation error"))
+    for key, label in kinds:
+        xs, xe, ys, ye = [], [], [], []
+        for p in table["points"]:
+            st = p["statistics"]
+            xs.append(100 * st["kept_fraction"]["mean"])
+            xe.append(100 * (st["kept_fraction"]["sd"] or 0.0))
+            ys.append(100 * st[key]["mean"])
+            ye.append(100 * (st[key]["sd"] or 0.0))
+        ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt="o", capsize=3, label=label)
+    if len(table["points"]) <= 12:
+        for p in table["points"]:
+            st = p["statistics"]
+            text = ", ".join(f"{'.'.join(k.split('.')[-2:])}={v}" for k, v in p["values"].items())
+            ax.annotate(text, (100 * st["kept_fraction"]["mean"], 100 * st["test_error"]["mean"]),
+                        fontsize="x-small", xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("kept connections (% of the net)")
+    ax.set_ylabel("error (%), mean ± sd over seeds")
+    ax.legend()
+    n = len(table["seeds"])
+    return _save(plt, fig, "sweep", out_dir, f"sweep of {table['net']} ({table['method']}), {n} seed(s)\n"
+                 f"{PROTOCOL_LABEL[table['select_on']]}")
+
+
+def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path) -> list[Figure]:
+    """The figure and page of a finished sweep (its ``table.json`` and ``table.md``)."""
+    sweep_dir = Path(sweep_dir)
+    table = json.loads((sweep_dir / "table.json").read_text())
+    fig = sweep_figure(table, out_dir)
+    md = (sweep_dir / "table.md").read_text() if (sweep_dir / "table.md").exists() else ""
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>refdns sweep: {html.escape(str(sweep_dir))}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} img{{max-width:100%}}</style></head><body>
+<h1>sweep {html.escape(str(sweep_dir))}</h1>
+<img src="{fig.path.name}" alt="{html.escape(fig.title)}">
+<pre>{html.escape(md)}</pre>
+</body></html>
+"""
+    write_text(Path(out_dir) / "index.html", page)
+    return [fig]

@@ -30,3 +30,29 @@ def test_report_of_a_short_real_run_writes_every_figure_with_its_axes(mnist, tmp
     assert main(["report", str(tmp_path / "p.h5"), "-o", str(tmp_path / "cli")]) == 0
     assert "weights_start.png" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "p.h5"), "-o", str(tmp_path / "cli")]) == 2  # exists: needs --force
+
+
+def test_sweep_figure_draws_error_against_kept_fraction_with_seed_error_bars(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the plot extra")
+    import json
+
+    from refdns.cli import main
+    from refdns.stats import describe
+
+    def point(c, errs, kept):
+        st = {"test_error": describe(errs), "validation_error": describe(errs),
+              "kept_fraction": describe(kept), "layers": {}, "seeds": [0, 1], "select_on": "validation"}
+        return {"values": {"method.layers.*.c_rate": c}, "rows": [], "statistics": st}
+
+    table = {"grid": ["method.layers.*.c_rate"], "seeds": [0, 1], "select_on": "validation",
+             "net": "lenet-300-100", "method": "dns",
+             "points": [point(1.0, [0.02, 0.021], [0.02, 0.021]), point(2.0, [0.03, 0.031], [0.01, 0.012])]}
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "table.json").write_text(json.dumps(table))
+    assert main(["report", str(tmp_path / "sw"), "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "sweep.png").exists() and 'src="sweep.png"' in (tmp_path / "out" / "index.html").read_text()
+    from refdns.report import sweep_figure
+
+    fig = sweep_figure(table, tmp_path / "again")
+    assert fig.axes == (("kept connections (% of the net)", "error (%), mean ± sd over seeds"),)
+    assert "validation split" in fig.title

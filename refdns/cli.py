@@ -467,6 +467,11 @@ def cmd_sweep(args) -> int:
     t0 = time.perf_counter()
     try:
         result = sw.run_sweep(sweep, out_dir, engine, data_dir=args.data_dir, on_done=on_done)
+    except KeyboardInterrupt:
+        print(f"refdns: sweep interrupted; {len(done)} finished point(s) are kept in {out_dir / 'points'}\n"
+              f"refdns: resume it with the same command: refdns sweep {args.sweepfile} --out-dir {out_dir}",
+              file=sys.stderr)
+        return 130
     finally:
         engine.close()
     print(sw.format_table(result))

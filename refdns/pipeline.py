@@ -79,7 +79,10 @@ class Experiment:
 
     ``method=None`` is dense training only. ``dense_from`` names a dense checkpoint to start from instead of
     running the dense phase ``dense``. ``train`` is the pruning phase's solver (length, lr, batch).
-    Build one from a method's recipe with :func:`experiment`.
+    ``select_on`` says where settings are chosen (:data:`SELECT_ON`: "test", the paper's protocol, or
+    "validation", the last :data:`VALIDATION_SIZE` training images); ``threads`` is the BLAS and Numba thread
+    count the run uses (its bits depend on it). Build one from a method's recipe with :func:`experiment`, or
+    from a run file with :mod:`refdns.runfile`.
     """
 
     net: str

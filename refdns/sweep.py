@@ -32,7 +32,6 @@ import hashlib
 import itertools
 import json
 import multiprocessing
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 from refdns.atomic import write_text
 from refdns.errors import ConfigError
 from refdns.pipeline import PROTOCOL_LABEL, Data, load_data, reproduce
-from refdns.runfile import builtin_recipes, from_dict, loads, parse_seeds, to_dict
+from refdns.runfile import builtin_recipes, from_dict, loads, to_dict
 from refdns.stats import pm, result_row, seed_statistics
 
 
@@ -303,8 +302,3 @@ def format_table(result: dict[str, Any]) -> str:
         cells += [pm(st["layers"][x], digits=3) for x in layers]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
-

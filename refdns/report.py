@@ -123,7 +123,7 @@ def histogram_figure(plt, state: RunState, out_dir: Path, name: str, when: str,
         ax.set_yscale("log")
         ax.set_xlabel(f"|w| of {layer}")
         ax.set_ylabel("weights")
-        ax.legend(fontsize="x-small")
+        ax.legend(fontsize="x-small", loc="upper right")
     return _save(plt, fig, name, out_dir, f"|w| per layer, {when}")
 
 

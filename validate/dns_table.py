@@ -13,8 +13,9 @@ A missed target is reported with the gap and what the sweep covered, never loose
 
 Run: ``python validate/dns_table.py --data-dir DIR [--quick] [--nets lenet-300-100,lenet-5] [--workers N]
 [--out DIR] [--scheduler ADDRESS]``. Writes ``<out>/dns_table.{md,json}`` and each sweep's folder (resumable:
-run it again after an interruption). Cost of the full mode (5 seeds, 20,000 surgery iterations per run): about
-90 LeNet-300-100 runs (~1 h on 2 cores) and 45 LeNet-5 runs (~5 h on 2 cores). ``--quick`` runs LeNet-300-100
+run it again after an interruption). Cost of the full mode (5 seeds, the recipes' surgery lengths: 40,000
+iterations for LeNet-300-100, 20,000 for LeNet-5): 90 LeNet-300-100 runs (~1.5 h on 2 cores at ~2 ms a step)
+and 45 LeNet-5 runs (~5 h on 2 cores at ~40 ms a step), plus one dense net per seed and net. ``--quick`` runs LeNet-300-100
 with 300 + 300 iterations, 2 seeds and 2 points: it shows the machinery, not the paper's numbers.
 """
 

@@ -67,3 +67,35 @@ def test_too_many_threads_are_refused_naming_the_setting(mnist):
     exp = experiment("lenet-300-100", None, dense_iterations=1, threads=numba.config.NUMBA_NUM_THREADS + 1)
     with pytest.raises(ConfigError, match="threads"):
         reproduce(exp, Data(*mnist))
+
+
+def test_an_interrupted_validation_run_resumes_on_the_same_split_bit_exactly(mnist, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from refdns import checkpoint
+    from refdns import train as train_module
+    from refdns.pipeline import RunInterrupted, resume
+
+    data = Data(*mnist)
+    exp = experiment("lenet-300-100", "dns", iterations=20, dense_iterations=10, test_interval=10,
+                     select_on="validation")
+    whole = reproduce(exp, data, dense_out=tmp_path / "a-dense.h5", out=tmp_path / "a.h5")
+    real_step, calls = train_module.train_step, {"n": 0}
+
+    def step(state, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 18:  # the surgery's 8th step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(state, *a, **kw)
+
+    monkeypatch.setattr(train_module, "train_step", step)
+    with pytest.raises(RunInterrupted) as info:
+        reproduce(exp, data, dense_out=tmp_path / "b-dense.h5", out=tmp_path / "b.h5")
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    phase = resume(info.value.checkpoint, data)
+    a, b = whole.pruned.state, checkpoint.load(tmp_path / "b.h5").state
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert a.history.test_error == b.history.test_error  # measured on the same validation images
+    assert phase.validation_error == whole.pruned.validation_error
+    assert phase.test_error == whole.pruned.test_error

@@ -315,7 +315,8 @@ def read(path: str | Path) -> tuple[Experiment, tuple[int, ...]]:
         try:
             text = p.read_text()
         except OSError as e:
-            raise ConfigError(f"cannot read run file {path}: {e.strerror}") from None
+            raise ConfigError(f"cannot read run file {path}: {e.strerror} (built-in recipes: "
+                              f"{', '.join(builtin_recipes())})") from None
     try:
         return from_dict(loads(text, source=str(path)))
     except ConfigError as e:

@@ -13,7 +13,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +60,13 @@ class Progress:
 
     def __init__(self, *, enabled: bool):
         self.enabled, self.bar, self.last_loss, self.cfg = enabled, None, float("nan"), None
+        self.measured_on = "test"
 
     def phase(self, name: str, exp, cfg) -> None:
         from tqdm import tqdm
 
         self.close()
+        self.measured_on = exp.select_on
         print(f"refdns {__version__}: {name} {exp.net} for {cfg.iterations} iterations, seed {exp.seed}",
               file=sys.stderr)
         if name != "dense":
@@ -89,7 +93,7 @@ class Progress:
     def test(self, state, err: float) -> None:
         lr = learning_rate(self.cfg.sgd, state.iteration - 1)
         self.bar.write(f"iter {state.iteration:>6}  loss {self.last_loss:.4f}  lr {lr:.6f}  "
-                       f"test error {100 * err:.2f}%", file=sys.stderr)
+                       f"{self.measured_on} error {100 * err:.2f}%", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -205,7 +209,7 @@ def _experiment(args, method: str | None, *, dense_from: str | None = None):
     if args.base_lr is not None:
         sgd["base_lr"] = args.base_lr
     common = dict(sgd=sgd, batch_size=args.batch_size, test_interval=args.test_interval, dataset=args.dataset,
-                  seed=args.seed, dense_from=dense_from)
+                  seed=args.seed, dense_from=dense_from, threads=args.threads, select_on=args.select_on)
     if method is None:
         return experiment(args.net, None, iterations=args.iterations, dense_iterations=args.iterations, **common)
     overrides = _method_overrides(args, args.net)
@@ -279,6 +283,13 @@ def cmd_reproduce(args) -> int:
         raise ConfigError("--dense-from and --dense-iterations contradict each other: the dense phase is either "
                           "read from the checkpoint or trained; give one")
     out_dir = Path(args.out_dir)
+    if args.seeds is not None:
+        from refdns.runfile import parse_seeds
+
+        exp = _experiment(args, args.method, dense_from=args.dense_from)
+        _run_seeds(args, exp, parse_seeds(args.seeds, "--seeds"), out_dir / f"{args.net}-{args.method}",
+                   label=f"{args.net}, {args.method}")
+        return 0
     dense_out = None if args.dense_from else out_dir / f"{args.net}-dense.h5"
     out = out_dir / f"{args.net}-{args.method}.h5"
     check_inputs({"--dense-from": args.dense_from})
@@ -325,6 +336,203 @@ def cmd_resume(args) -> int:
     if args.json:
         write_json(args.json, phase_json(phase, summary))
     return 0
+
+
+# ---- run files, seeds ----------------------------------------------------------------------------------
+
+def _run_seeds(args, exp, seeds, out_dir: Path, *, label: str) -> list:
+    """Run ``exp`` once per seed (checkpoints in ``out_dir``), print each seed's line and the statistics."""
+    from refdns.stats import format_statistics, result_row, seed_statistics
+
+    method = exp.method_name
+    outs = {s: (None if exp.method is None or exp.dense_from else out_dir / f"seed{s}-dense.h5",
+                out_dir / f"seed{s}-{method}.h5") for s in seeds}
+    if exp.dense_from is not None:
+        check_inputs({"dense.from": exp.dense_from})
+    named = {f"seed {s} ({what})": p for s, pair in outs.items() for what, p in zip(("dense", method), pair)}
+    check_outputs(named | {"--json": args.json}, force=args.force)
+    data = _data(args, exp)
+    prog = Progress(enabled=not args.no_progress and sys.stderr.isatty())
+    rows = []
+    try:
+        for s in seeds:
+            dense_out, out = outs[s]
+            result = reproduce(dataclasses.replace(exp, seed=s), data, dense_out=dense_out, out=out,
+                               on_phase=prog.phase, on_step=prog.step, on_test=prog.test)
+            row = result_row(result)
+            rows.append(row)
+            val = "" if row["validation_error"] is None else f", validation error {100 * row['validation_error']:.2f}%"
+            print(f"seed {s}: test error {100 * row['test_error']:.2f}%{val}, kept {100 * row['kept_fraction']:.3f}% "
+                  f"({result.seconds:.1f} s); checkpoint {out}")
+    finally:
+        prog.close()
+    stats = seed_statistics(rows)
+    print("\n" + format_statistics(stats, label))
+    if args.json:
+        write_json(args.json, {"runs": rows, "statistics": stats})
+    return rows
+
+
+def _experiment_overrides(args, exp):
+    changes = {k: getattr(args, k) for k in ("threads", "select_on") if getattr(args, k, None) is not None}
+    return dataclasses.replace(exp, **changes) if changes else exp
+
+
+def cmd_run(args) -> int:
+    from refdns import runfile
+
+    exp, seeds = runfile.read(args.runfile)
+    if args.seeds is not None:
+        seeds = runfile.parse_seeds(args.seeds, "--seeds")
+    exp = _experiment_overrides(args, exp)
+    name = Path(args.runfile).stem
+    out_dir = Path(args.out_dir) if args.out_dir is not None else DEFAULT_DIR / name
+    resolved = out_dir / "run.toml"
+    check_outputs({"run.toml": resolved}, force=args.force)
+    _run_seeds(args, exp, seeds, out_dir, label=f"{name} ({exp.net}, {exp.method_name})")
+    runfile.write(resolved, exp, seeds, header=f"the run file {args.runfile} as run, every setting spelled out")
+    print(f"\nrun file as run: {resolved}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from refdns import runfile
+
+    check_inputs({"checkpoint": args.checkpoint})
+    ck = checkpoint.load(args.checkpoint)
+    exp, seeds = runfile.from_dict(runfile.from_checkpoint_config(ck.config, source=str(args.checkpoint)))
+    text = runfile.dumps(runfile.to_dict(exp, seeds), header=(
+        f"recreates {args.checkpoint} ({ck.state.spec.name}, {ck.method}, iteration {ck.state.iteration}):\n"
+        f"refdns run THIS_FILE, or refdns rerun {args.checkpoint}"))
+    if args.out is not None:
+        check_outputs({"--out": args.out}, inputs={"checkpoint": args.checkpoint}, force=args.force)
+        write_text(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    from refdns import runfile
+
+    check_inputs({"checkpoint": args.checkpoint})
+    ck = checkpoint.load(args.checkpoint)
+    exp, _ = runfile.from_dict(runfile.from_checkpoint_config(ck.config, source=str(args.checkpoint)))
+    exp = _experiment_overrides(args, exp)
+    out_dir = Path(args.out_dir) if args.out_dir is not None else DEFAULT_DIR / f"{Path(args.checkpoint).stem}-rerun"
+    _run_seeds(args, exp, (exp.seed,), out_dir, label=f"rerun of {args.checkpoint}")
+    again = checkpoint.load(out_dir / f"seed{exp.seed}-{exp.method_name}.h5").state
+    old = ck.state
+    differ = [k for k in old.params if not (np.array_equal(old.params[k], again.params[k])
+                                            and np.array_equal(old.masks[k], again.masks[k]))]
+    if not differ and again.iteration == old.iteration:
+        print(f"\nthe rerun equals {args.checkpoint} bit for bit (weights and masks)")
+    else:
+        print(f"\nthe rerun differs from {args.checkpoint} in {len(differ)} of {len(old.params)} tensors "
+              f"(iteration {again.iteration} vs {old.iteration}); bits repeat only with the same threads and "
+              "library builds (README)")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from refdns import sweep as sw
+
+    sweep = sw.read(args.sweepfile)
+    out_dir = Path(args.out_dir) if args.out_dir is not None else DEFAULT_DIR / Path(args.sweepfile).stem
+    own = out_dir / "sweep.json"
+    described = json.dumps({"base": sweep.base, "grid": sweep.grid, "seeds": list(sweep.seeds)}, sort_keys=True,
+                           indent=1) + "\n"
+    if own.exists() and own.read_text() != described and not args.force:
+        raise ConfigError(f"{out_dir} holds the results of another sweep ({own}); give another --out-dir, or "
+                          "--force to add this sweep's points beside them")
+    if args.data_dir is None and args.scheduler is None:
+        from refdns.datasets import load_mnist
+
+        load_mnist("train", dataset=sweep.base["dataset"], download=not args.no_download)  # once, here
+    engine = sw.DaskEngine(args.scheduler) if args.scheduler else sw.LocalPool(args.workers)
+    n = len(sweep.points()) * len(sweep.seeds)
+    where = f"Dask scheduler {args.scheduler}" if args.scheduler else f"{args.workers} local process(es)"
+    print(f"refdns {__version__}: sweep {args.sweepfile}: {len(sweep.points())} point(s) x {len(sweep.seeds)} "
+          f"seed(s) = {n} runs on {where}, one thread each; results in {out_dir}", file=sys.stderr)
+    write_text(own, described)
+    done = []
+
+    def on_done(point, seed, row, reused):
+        done.append(1)
+        note = " (finished before)" if reused else ""
+        print(f"[{len(done)}/{n}] {point} seed {seed}: test error {100 * row['test_error']:.2f}%, kept "
+              f"{100 * row['kept_fraction']:.3f}%{note}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    try:
+        result = sw.run_sweep(sweep, out_dir, engine, data_dir=args.data_dir, on_done=on_done)
+    except KeyboardInterrupt:
+        print(f"refdns: sweep interrupted; {len(done)} finished point(s) are kept in {out_dir / 'points'}\n"
+              f"refdns: resume it with the same command: refdns sweep {args.sweepfile} --out-dir {out_dir}",
+              file=sys.stderr)
+        return 130
+    finally:
+        engine.close()
+    print(sw.format_table(result))
+    print(f"\nsweep wall time {time.perf_counter() - t0:.1f} s; tables {out_dir / 'table.md'} and "
+          f"{out_dir / 'table.json'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from refdns.report import report_inputs, write_report, write_sweep_report
+
+    if Path(args.checkpoint).is_dir():
+        if not (Path(args.checkpoint) / "table.json").exists():
+            raise ConfigError(f"{args.checkpoint} is a folder without a sweep's table.json")
+        check_outputs({"index.html": Path(args.out) / "index.html"}, force=args.force)
+        for f in write_sweep_report(args.checkpoint, args.out):
+            print(f"{f.path}: {f.title}")
+        return 0
+    check_inputs({"checkpoint": args.checkpoint})
+    ck = checkpoint.load(args.checkpoint)
+    dense_path = args.dense if args.dense is not None else report_inputs(ck.config)
+    dense = None
+    if dense_path is not None and Path(dense_path).exists():
+        dense = checkpoint.load(dense_path).state
+    elif args.dense is not None:
+        check_inputs({"--dense": args.dense})
+    out_dir = Path(args.out)
+    check_outputs({"index.html": out_dir / "index.html"}, inputs={"checkpoint": args.checkpoint}, force=args.force)
+    figs = write_report(ck, out_dir, source=str(args.checkpoint), dense=dense)
+    for f in figs:
+        print(f"{f.path}: {f.title}")
+    print(f"{out_dir / 'index.html'}: the page" + ("" if dense is not None else
+          " (no dense checkpoint found: no histogram at the start; give --dense CKPT)"))
+    return 0
+
+
+def cmd_sensitivity(args) -> int:
+    from refdns import sensitivity as sens
+
+    check_inputs({"checkpoint": args.checkpoint})
+    densities = sens.check_densities(_floats(args.densities, "--densities"))
+    outs = {"--json": args.json, "--figure": args.figure}
+    check_outputs(outs, inputs={"checkpoint": args.checkpoint}, force=args.force)
+    ck = checkpoint.load(args.checkpoint)
+    select_on = args.select_on or ck.config.get("select_on", "test")
+    data = load_data(ck.config.get("dataset", "mnist"), data_dir=args.data_dir, download=not args.no_download)
+    result = sens.sensitivity(ck.state, data, densities, select_on=select_on)
+    print(sens.format_table(result))
+    if args.figure:
+        sens.figure(result, args.figure)
+        print(f"\nfigure {args.figure}")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected numbers separated by commas") from None
 
 
 def cmd_golden(args) -> int:
@@ -507,7 +715,16 @@ def _run_args(p, *, iterations: int | None, iterations_help: str) -> None:
     g.add_argument("--test-interval", type=NATURAL, default=1000,
                    help="iterations between test evaluations (0: at the end only)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    _experiment_args(g)
     _output_args(p)
+
+
+def _experiment_args(g) -> None:
+    g.add_argument("--threads", type=POSITIVE, default=1, help="BLAS and Numba threads (recorded in the "
+                   "checkpoint; the bits of a run depend on it; 1 was fastest on 2 cores)")
+    g.add_argument("--select-on", dest="select_on", default="test", choices=["test", "validation"],
+                   help="test: the paper's protocol (errors during the run on the test set); validation: hold "
+                   "out the last 10,000 training images, measure on them, read the test set once at the end")
 
 
 def _dns_args(p) -> None:
@@ -538,6 +755,16 @@ def _prune_args(p) -> None:
                    help="han: every retraining restarts the lr policy (a fresh solver run per round)")
     g.add_argument("--density", help="fraction of weights kept (magnitude, random; han: instead of --quality)")
     g.add_argument("--scope", choices=["layer", "global"], help="magnitude: per-layer or one global threshold")
+
+
+def _seed_run_args(p) -> None:
+    g = p.add_argument_group("run (the file's settings unless changed)")
+    g.add_argument("--threads", type=POSITIVE, default=None, help="BLAS and Numba threads (unset: the file's)")
+    g.add_argument("--select-on", dest="select_on", default=None, choices=["test", "validation"],
+                   help="test: the paper's protocol; validation: last 10,000 training images (unset: the file's)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    _output_args(p, json_help="also write every seed's figures and the statistics as JSON")
+    _data_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -575,6 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-from", metavar="CKPT", help="start from this dense checkpoint instead of training "
                    "one (its iterations still count in the JSON's `iterations`)")
     p.add_argument("--out-dir", default=str(DEFAULT_DIR), help="where the dense and pruned checkpoints go")
+    p.add_argument("--seeds", help="run once per seed (0-4 or 0,3; checkpoints in <out-dir>/<net>-<method>/) and "
+                   "report mean, sd, min and max (instead of --seed)")
     _run_args(p, iterations=None, iterations_help="pruning iterations (unset: the recipe's; magnitude and "
               "random: retraining iterations)")
     _dns_args(p)
@@ -586,6 +815,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="checkpoint to write (default: the one the run was to write)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     _output_args(p)
+    _data_args(p)
+
+    p = command("run", cmd_run, "run the experiment a run file (TOML) describes, once per seed, with statistics")
+    p.add_argument("runfile", help="run file (TOML; see refdns/runfile.py), or a built-in recipe name such as "
+                   "lenet-5-dns (refdns/recipes/)")
+    p.add_argument("--seeds", help="seeds to run instead of the file's: 0-4 or 0,3")
+    p.add_argument("--out-dir", help=f"where checkpoints and run.toml go (default {DEFAULT_DIR}/<file stem>)")
+    _seed_run_args(p)
+
+    p = command("show", cmd_show, "print the run file (TOML) that recreates a checkpoint's run")
+    p.add_argument("checkpoint", help="HDF5 checkpoint written by train, dns, reproduce or run")
+    p.add_argument("-o", "--out", metavar="FILE", help="write the run file here instead of printing it")
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+
+    p = command("rerun", cmd_rerun, "rerun a checkpoint's experiment from its recorded settings and say "
+                "whether the result repeats bit for bit")
+    p.add_argument("checkpoint", help="HDF5 checkpoint written by train, dns, reproduce or run")
+    p.add_argument("--out-dir", help=f"where the new checkpoints go (default {DEFAULT_DIR}/<stem>-rerun)")
+    _seed_run_args(p)
+
+    p = command("sweep", cmd_sweep, "run a grid of settings x seeds in parallel (process pool or Dask) into one "
+                "table; finished points are not rerun")
+    p.add_argument("sweepfile", help="sweep file: a run file plus [grid] (see refdns/sweep.py)")
+    p.add_argument("--out-dir", help=f"results folder (default {DEFAULT_DIR}/<file stem>); rerun to resume")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler (tcp://host:8786) instead of the "
+                   "local process pool (pip install 'refdns[sweep]')")
+    p.add_argument("--workers", type=POSITIVE, default=os.cpu_count() or 1, help="local processes")
+    p.add_argument("--force", action="store_true", help="use an --out-dir that holds another sweep's results")
+    _data_args(p)
+
+    p = command("report", cmd_report, "figures of a run (PNGs and one HTML page): density, churn, error, |w| "
+                "histograms with DNS's a and b")
+    p.add_argument("checkpoint", help="HDF5 checkpoint of a pruning run (or a dense one), or a sweep's folder "
+                   "(error against kept fraction with seed error bars)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="folder for the PNGs and index.html")
+    p.add_argument("--dense", metavar="CKPT", help="the dense checkpoint the run started from (unset: the one its "
+                   "config records)")
+    p.add_argument("--force", action="store_true", help="overwrite a report that exists in DIR")
+
+    p = command("sensitivity", cmd_sensitivity, "prune one layer at a time by magnitude to each density (no "
+                "retraining) and report the error: the usual first look before choosing per-layer c_rate")
+    p.add_argument("checkpoint", help="HDF5 checkpoint (a dense one, usually)")
+    p.add_argument("--densities", default="1,0.5,0.3,0.2,0.1,0.05,0.03,0.02,0.01",
+                   help="fractions of each layer's weights to keep, comma-separated")
+    p.add_argument("--select-on", dest="select_on", choices=["test", "validation"], default=None,
+                   help="measure on the test set or the validation split (unset: the protocol the run used)")
+    p.add_argument("--figure", metavar="PNG", help="also draw error against kept fraction per layer")
+    _output_args(p, json_help="also write the table as JSON")
     _data_args(p)
 
     p = command("golden", cmd_golden, "write a golden step trace (HDF5) for checking another implementation")

@@ -25,12 +25,24 @@ from refdns.errors import ConfigError
 from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec
 from refdns.optim import SGDConfig
+from refdns.perf import limit_threads
 from refdns.prune.base import PruningMethod, methods, reproducible_methods
 from refdns.run import RunState, TrainConfig, new_run
 from refdns.train import evaluate, train
 
 # Caffe's MNIST LeNet solver: the dense phase of every experiment unless it says otherwise.
 CAFFE_DENSE = TrainConfig()
+
+# Where settings are chosen. "test": the paper's protocol (every error measured on the test set, the one the
+# settings were tuned on). "validation": the last VALIDATION_SIZE training images are held out; training never
+# sees them, every error during the run is measured on them, and the test set is read once, at the end.
+SELECT_ON = ("test", "validation")
+VALIDATION_SIZE = 10_000
+PROTOCOL_LABEL = {
+    "test": "selected on the test set (the paper's protocol)",
+    "validation": f"selected on the validation split (last {VALIDATION_SIZE:,} training images); "
+                  "test set read once, at the end",
+}
 
 
 @dataclass
@@ -39,6 +51,20 @@ class Data:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+
+
+def selection_data(data: Data, select_on: str) -> Data:
+    """The data a run trains and measures itself on: ``data`` itself for ``select_on="test"``; for
+    ``"validation"``, the first ``n - VALIDATION_SIZE`` training images to train on and the last
+    ``VALIDATION_SIZE`` (a fixed split, no shuffling) in the place of the test set."""
+    if select_on not in SELECT_ON:
+        raise ConfigError(f"select_on={select_on!r} must be one of {SELECT_ON}")
+    if select_on == "test":
+        return data
+    n = len(data.x_train) - VALIDATION_SIZE
+    if n < 1:
+        raise ConfigError(f"select_on='validation' needs more than {VALIDATION_SIZE:,} training images")
+    return Data(data.x_train[:n], data.y_train[:n], data.x_train[n:], data.y_train[n:])
 
 
 def load_data(dataset: str = "mnist", *, data_dir: str | None = None, download: bool = True) -> Data:
@@ -53,7 +79,10 @@ class Experiment:
 
     ``method=None`` is dense training only. ``dense_from`` names a dense checkpoint to start from instead of
     running the dense phase ``dense``. ``train`` is the pruning phase's solver (length, lr, batch).
-    Build one from a method's recipe with :func:`experiment`.
+    ``select_on`` says where settings are chosen (:data:`SELECT_ON`: "test", the paper's protocol, or
+    "validation", the last :data:`VALIDATION_SIZE` training images); ``threads`` is the BLAS and Numba thread
+    count the run uses (its bits depend on it). Build one from a method's recipe with :func:`experiment`, or
+    from a run file with :mod:`refdns.runfile`.
     """
 
     net: str
@@ -63,9 +92,14 @@ class Experiment:
     dense_from: str | None = None
     dataset: str = "mnist"
     seed: int = 0
+    select_on: str = "test"
+    threads: int = 1
 
     def __post_init__(self):
         get_spec(self.net)
+        if self.select_on not in SELECT_ON:
+            raise ConfigError(f"select_on={self.select_on!r} must be one of {SELECT_ON}")
+        check_number("threads", self.threads, lo=1, integer=True)
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset={self.dataset!r} must be one of {sorted(DATASETS)}")
         check_number("seed", self.seed, lo=0, integer=True)
@@ -97,6 +131,8 @@ def experiment(
     dense_from: str | None = None,
     dataset: str = "mnist",
     seed: int = 0,
+    select_on: str = "test",
+    threads: int = 1,
 ) -> Experiment:
     """An :class:`Experiment` from a method's recipe for ``net`` with the given settings changed.
 
@@ -112,7 +148,7 @@ def experiment(
     if method in (None, "dense"):
         if overrides or recipe != "refdns":
             raise ConfigError("method settings and --recipe need a pruning method")
-        return Experiment(net, None, dense, dense, dense_from, dataset, seed)
+        return Experiment(net, None, dense, dense, dense_from, dataset, seed, select_on, threads)
     known = methods()
     if method not in known:
         raise ConfigError(f"method={method!r} is not one of {sorted(known)}")
@@ -129,7 +165,7 @@ def experiment(
     sgd.setdefault("base_lr", rec.base_lr)
     cfg = TrainConfig(iterations=iterations, batch_size=batch_size, test_interval=test_interval,
                       sgd=SGDConfig(**sgd))
-    return Experiment(net, pruner, cfg, dense, dense_from, dataset, seed)
+    return Experiment(net, pruner, cfg, dense, dense_from, dataset, seed, select_on, threads)
 
 
 def run_config(spec: NetSpec, dataset: str, seed: int, cfg: TrainConfig, method: PruningMethod | None) -> dict:
@@ -138,6 +174,13 @@ def run_config(spec: NetSpec, dataset: str, seed: int, cfg: TrainConfig, method:
     if method is not None:
         out["method"] = method.config_dict()
     return out
+
+
+def experiment_config(exp: Experiment) -> dict[str, Any]:
+    """What a checkpoint records of its experiment beyond :func:`run_config`: enough to write the run file
+    that recreates it (``refdns show``)."""
+    return {"select_on": exp.select_on, "threads": exp.threads, "dense": to_dict(exp.dense),
+            "dense_from": exp.dense_from}
 
 
 def prune_without_training(state: RunState, method: PruningMethod) -> None:
@@ -228,6 +271,7 @@ class Phase:
     test_error: float
     seconds: float | None  # None: reused from a checkpoint, not measured here
     checkpoint: Path | None = None
+    validation_error: float | None = None  # select_on="validation" only
 
     @property
     def iterations(self) -> int:
@@ -269,45 +313,79 @@ def reproduce(
 
     Checkpoints go to ``dense_out`` (the dense phase, when it runs) and ``out`` (the final net), written
     atomically at the end of each phase. ``on_phase(name, exp, cfg)`` is called as each phase starts;
-    ``on_step`` and ``on_test`` as in :func:`refdns.train.train`.
+    ``on_step`` and ``on_test`` as in :func:`refdns.train.train` (their errors are on the validation split
+    when ``exp.select_on == "validation"``). Runs with ``exp.threads`` BLAS and Numba threads.
     """
+    with limit_threads(exp.threads):
+        return _reproduce(exp, data, dense_out, out, dense_state, on_phase, on_step, on_test)
+
+
+def _reproduce(exp, data, dense_out, out, dense_state, on_phase, on_step, on_test) -> Result:
     spec = exp.spec
     t0 = time.perf_counter()
+    sel = selection_data(data, exp.select_on)
+    extra = experiment_config(exp)
     if dense_state is None and exp.dense_from is not None:
         ck = checkpoint.load(exp.dense_from)
         if ck.state.spec.name != spec.name:
             raise ConfigError(f"{exp.dense_from} holds a {ck.state.spec.name}, not a {spec.name}")
+        if exp.select_on == "validation" and ck.config.get("select_on", "test") != "validation":
+            raise ConfigError(f"{exp.dense_from} was trained on all training images, the validation split "
+                              "included: with select_on='validation' start from a dense run that held it out")
         dense_state = ck.state
     if dense_state is not None:
-        dense = Phase("dense", dense_state, {}, evaluate(dense_state, data.x_test, data.y_test), None,
+        dense = Phase("dense", dense_state, {}, evaluate(dense_state, sel.x_test, sel.y_test), None,
                       Path(exp.dense_from) if exp.dense_from else None)
     else:
         if on_phase is not None:
             on_phase("dense", exp, exp.dense)
-        config = run_config(spec, exp.dataset, exp.seed, exp.dense, None)
+        config = run_config(spec, exp.dataset, exp.seed, exp.dense, None) | extra
         path = dense_out if exp.method is not None else out
-        state, seconds = run_training(spec, data, exp.dense, seed=exp.seed, on_step=on_step, on_test=on_test,
+        state, seconds = run_training(spec, sel, exp.dense, seed=exp.seed, on_step=on_step, on_test=on_test,
                                       interrupted=_saver(path, "dense", config))
         if path is not None:
             checkpoint.save(path, state, method="dense", config=config)
-        dense = Phase("dense", state, config, final_test_error(state, data), seconds,
+        dense = Phase("dense", state, config, final_test_error(state, sel), seconds,
                       Path(path) if path is not None else None)
     result = Result(exp, dense)
     if exp.method is not None:
         if on_phase is not None:
             on_phase(exp.method.name, exp, exp.train)
-        config = run_config(spec, exp.dataset, exp.seed, exp.train, exp.method) | {
-            "dense_test_error": dense.test_error}
-        state, seconds = run_training(spec, data, exp.train, seed=exp.seed, method=exp.method,
+        key = "dense_validation_error" if exp.select_on == "validation" else "dense_test_error"
+        config = run_config(spec, exp.dataset, exp.seed, exp.train, exp.method) | extra | {key: dense.test_error}
+        if dense.checkpoint is not None:  # where the run started (refdns report draws its weights)
+            config["dense_checkpoint"] = str(dense.checkpoint)
+        state, seconds = run_training(spec, sel, exp.train, seed=exp.seed, method=exp.method,
                                       params=dense.state.params, masks=dense.state.masks, on_step=on_step,
                                       on_test=on_test, interrupted=_saver(out, exp.method.name, config))
-        if out is not None:
-            checkpoint.save(out, state, method=exp.method.name, config=config)
-        result.pruned = Phase(exp.method.name, state, config, final_test_error(state, data), seconds,
+        result.pruned = Phase(exp.method.name, state, config, final_test_error(state, sel), seconds,
                               Path(out) if out is not None else None)
-        result.summary = pruning_summary(spec, state.masks, dense.test_error, result.pruned.test_error)
+    _close_selection(result, data)
+    if result.pruned is not None:
+        pruned = result.pruned
+        pruned.config["dense_test_error"] = dense.test_error
+        if out is not None:
+            checkpoint.save(out, pruned.state, method=pruned.name, config=pruned.config)
+        result.summary = pruning_summary(spec, pruned.state.masks, dense.test_error, pruned.test_error)
+        result.summary |= {"select_on": exp.select_on, "validation_error": pruned.validation_error,
+                           "dense_validation_error": dense.validation_error}
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _close_selection(result: Result, data: Data) -> None:
+    """With a validation split, the errors measured so far are validation errors: keep them as such and read
+    the test set now, once, at the end of the whole experiment (the dense checkpoint, written before, records
+    only its validation error)."""
+    if result.experiment.select_on != "validation":
+        return
+    for phase in (result.dense, result.pruned):
+        if phase is None:
+            continue
+        phase.validation_error = phase.test_error
+        phase.test_error = evaluate(phase.state, data.x_test, data.y_test)
+        if phase is result.pruned:
+            phase.config["validation_error"] = phase.validation_error
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -353,13 +431,23 @@ def resume(path: str | Path, data: Data, *, out: str | Path | None = None, on_st
     state = ck.state
     t0 = time.perf_counter()
     config = {k: v for k, v in cfg_dict.items() if k != "resume_target"}
-    continue_training(state, data, cfg, method, on_step=on_step, on_test=on_test,
-                      interrupted=_saver(target, ck.method, config))
+    select_on = config.get("select_on", "test")
+    sel = selection_data(data, select_on)
+    with limit_threads(config.get("threads", 1)):
+        continue_training(state, sel, cfg, method, on_step=on_step, on_test=on_test,
+                          interrupted=_saver(target, ck.method, config))
+        error = final_test_error(state, sel)
+        validation_error = None
+        if select_on == "validation":
+            validation_error, error = error, evaluate(state, data.x_test, data.y_test)
+            if method is not None:
+                config["validation_error"] = validation_error
     checkpoint.save(target, state, method=ck.method, config=config)
     partial = partial_path(target)
     if Path(path).resolve() == partial.resolve() and partial.exists():
         partial.unlink()
-    return Phase(ck.method, state, config, final_test_error(state, data), time.perf_counter() - t0, target)
+    return Phase(ck.method, state, config, error, time.perf_counter() - t0, target,
+                 validation_error=validation_error)
 
 
 def method_from_config(d: dict[str, Any] | None) -> PruningMethod | None:
@@ -421,6 +509,10 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"compression {summary['compression']:.1f}x; test error {100 * summary['dense_test_error']:.2f}% "
                  f"(dense) -> {100 * summary['test_error']:.2f}% (pruned)")
+    if summary.get("validation_error") is not None:
+        lines.append(f"validation error {100 * summary['dense_validation_error']:.2f}% (dense) -> "
+                     f"{100 * summary['validation_error']:.2f}% (pruned)")
+    lines.append(f"settings {PROTOCOL_LABEL[summary.get('select_on', 'test')]}")
     return "\n".join(lines)
 
 

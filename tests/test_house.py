@@ -24,7 +24,8 @@ FLOORS = [
     ("refdns.run",),
     ("refdns.train",),
     ("refdns.checkpoint",),
-    ("refdns.golden", "refdns.pipeline", "refdns.testing", "refdns.report", "refdns.sweep"),
+    ("refdns.golden", "refdns.pipeline", "refdns.testing", "refdns.report", "refdns.sweep", "refdns.runfile",
+     "refdns.stats", "refdns.sensitivity"),
     ("refdns.cli", "refdns.__main__"),
 ]
 

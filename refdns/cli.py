@@ -197,7 +197,10 @@ def _method_overrides(args, net: str) -> dict[str, Any]:
         if value is None:
             continue
         if field not in names:
-            hint = " (its length is set by its own schedule)" if flag == "iterations" else ""
+            hint = ""
+            if flag == "iterations":
+                hint = (" (Han's length is --rounds x --round-iterations)" if method == "han"
+                        else " (its length is set by its own schedule)")
             raise ConfigError(f"--{flag.replace('_', '-')} does not apply to --method {method}{hint}")
         over[field] = value
     return over

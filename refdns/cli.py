@@ -112,6 +112,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
+    return value
+
+
 POSITIVE, NATURAL = _int_at_least(1), _int_at_least(0)
 
 
@@ -313,18 +323,16 @@ def cmd_golden(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from refdns.golden import format_report, verify
+    from refdns.golden import TOLERANCES, format_report, verify
 
     check_inputs({"golden": args.golden, "candidate": args.candidate})
     check_outputs({"--json": args.json}, inputs={"golden": args.golden, "candidate": args.candidate},
                   force=args.force)
-    report = verify(args.golden, args.candidate)
+    tolerances = {k: t.widened(args.rtol, args.atol) for k, t in TOLERANCES.items()}
+    report = verify(args.golden, args.candidate, tolerances, only=args.only)
     print(format_report(report))
     if args.json:
-        write_json(args.json, {"ok": report.ok, "golden": report.golden, "candidate": report.candidate,
-                               "divergence": None if report.ok else {"step": report.divergence[0],
-                                                                     "tensor": report.divergence[1]},
-                               "tensors": [dataclasses.asdict(r) for r in report.tensors]})
+        write_json(args.json, report.to_dict())
     return 0 if report.ok else 1
 
 
@@ -556,7 +564,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("verify", cmd_verify, "compare a candidate trace with a golden one, tensor by tensor")
     p.add_argument("golden", help="the golden trace (refdns golden)")
     p.add_argument("candidate", help="the trace of the implementation being checked")
-    _output_args(p, json_help="also write the comparison as JSON")
+    p.add_argument("--rtol", type=_tolerance, default=None,
+                   help="relative tolerance for every floating tensor (unset: per dtype, float32 1e-4, "
+                   "float64 1e-9)")
+    p.add_argument("--atol", type=_tolerance, default=None,
+                   help="absolute tolerance, times max(1, max|golden|), for every floating tensor (unset: per "
+                   "dtype, float32 1e-5, float64 1e-12)")
+    p.add_argument("--only", action="append", metavar="GROUP",
+                   help="compare only this group of tensors (repeatable): masks, grads, grads/ip1, params, "
+                   "activations, thresholds, surgery, init, ...")
+    _output_args(p, json_help="also write the comparison as JSON (exit status 1 still means 'differ')")
 
     p = command("import", cmd_import, "make a checkpoint from an .npz weight file (<layer>.weight/.bias)")
     p.add_argument("npz", help=".npz file with <layer>.weight and <layer>.bias arrays in Caffe layouts")

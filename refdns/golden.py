@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,16 @@ class Tolerance:
 
     rtol: float
     atol: float
+
+    def __post_init__(self):
+        for name in ("rtol", "atol"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name}={v!r} must be a finite number >= 0")
+
+    def widened(self, rtol: float | None = None, atol: float | None = None) -> Tolerance:
+        """This tolerance with ``rtol`` and/or ``atol`` replaced (None keeps the current value)."""
+        return Tolerance(self.rtol if rtol is None else rtol, self.atol if atol is None else atol)
 
 
 # Different summation orders (BLAS, im2col vs direct conv) differ by rounding that grows over the steps;
@@ -257,6 +267,21 @@ class VerifyReport:
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(TOLERANCES))
     tensors: list[TensorResult] = field(default_factory=list)
     divergence: tuple[int, str] | None = None  # (step, tensor) of the first mismatch in run order
+    only: list[str] | None = None  # the groups compared, None for all
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (``refdns verify --json``): non-finite errors stay floats here."""
+        return {
+            "ok": self.ok,
+            "golden": self.golden,
+            "candidate": self.candidate,
+            "only": self.only,
+            "tolerances": {k: {"rtol": v.rtol, "atol": v.atol} for k, v in self.tolerances.items()},
+            "divergence": None if self.ok else {"step": self.divergence[0], "tensor": self.divergence[1]},
+            "tensors": [
+                {f.name: getattr(r, f.name) for f in fields(TensorResult)} | {"ok": r.ok} for r in self.tensors
+            ],
+        }
 
     @property
     def ok(self) -> bool:
@@ -362,14 +387,39 @@ def _compare_one(row: TensorResult, step: int, g_ds: h5py.Dataset, c_ds, tol: To
         row.note = f"golden {g.reshape(-1)[bad]:.9g}, candidate {c.reshape(-1)[bad]:.9g}"
 
 
+def tensor_groups(names) -> list[str]:
+    """The groups ``--only`` accepts for these tensor names: each name's first path component (``grads``,
+    ``masks``, ``init``, ...) and its first two (``grads/ip1``, ``init/params``, ``thresholds/a``)."""
+    out = set()
+    for n in names:
+        parts = n.split("/")
+        out.add(parts[0])
+        if len(parts) > 1:
+            out.add("/".join(parts[:2]))
+    return sorted(out)
+
+
+def _selected(name: str, only) -> bool:
+    return only is None or any(name == g or name.startswith(g + "/") for g in only)
+
+
 def verify(
-    golden: str | os.PathLike, candidate: str | os.PathLike, tolerances: dict[str, Tolerance] | None = None
+    golden: str | os.PathLike,
+    candidate: str | os.PathLike,
+    tolerances: dict[str, Tolerance] | None = None,
+    *,
+    only: list[str] | tuple[str, ...] | None = None,
 ) -> VerifyReport:
     """Compare every tensor of ``golden`` with the same tensor of ``candidate``.
 
     Floating tensors use ``tolerances[dtype]`` (default :data:`TOLERANCES`), chosen by the golden's dtype;
     integer tensors (masks, labels, fired flags, counts) must match exactly. A tensor missing from the
     candidate, or of another shape, is a mismatch at its step.
+
+    ``only``, when given, restricts the comparison to the tensors in these groups: a group is a tensor name
+    or a prefix of it ending at a ``/`` (``masks``, ``grads/ip1``, ``init``, ``thresholds/a``); a group that
+    names no tensor of the golden is refused (TraceError listing the groups there are), since a misspelt
+    group would otherwise pass by comparing nothing.
     """
     tolerances = TOLERANCES if tolerances is None else tolerances
     report = VerifyReport(str(golden), str(candidate), dict(tolerances))
@@ -381,8 +431,20 @@ def verify(
                 raise TraceError(
                     f"the traces are of different runs: golden {key}={gv!r}, candidate {key}={cv!r}"
                 )
-        for step, tensor, hpath in _datasets(gf):
+        entries = _datasets(gf)
+        if only is not None:
+            names = {tensor if step >= 0 else hpath for step, tensor, hpath in entries}
+            unknown = [g for g in only if not any(_selected(n, [g]) for n in names)]
+            if unknown or not only:
+                raise TraceError(
+                    f"--only {unknown or only}: no such tensor group in {golden}; groups: "
+                    + ", ".join(tensor_groups(names))
+                )
+            report.only = list(only)
+        for step, tensor, hpath in entries:
             name = tensor if step >= 0 else hpath
+            if not _selected(name, only):
+                continue
             g_ds = gf[hpath]
             kind = g_ds.dtype.name
             tol = tolerances.get(kind) if g_ds.dtype.kind == "f" else None
@@ -428,6 +490,8 @@ def format_report(report: VerifyReport) -> str:
         f"{k}: rtol {v.rtol:g} atol {v.atol:g} (x max(1, max|golden|))" for k, v in report.tolerances.items()
     )
     lines.append(f"tolerances: {tol}; integer tensors exact")
+    if report.only is not None:
+        lines.append(f"compared only: {', '.join(report.only)}")
     if report.ok:
         lines.append(f"PASS: all {len(report.tensors)} tensors agree")
     else:

@@ -22,6 +22,7 @@ import numpy as np
 from refdns import __version__, checkpoint
 from refdns.atomic import check_inputs, check_outputs, write_text
 from refdns.errors import ConfigError, RefdnsError
+from refdns.golden import GOLDEN_METHODS
 from refdns.nets import NETS, get_spec
 from refdns.optim import learning_rate
 from refdns.pipeline import (
@@ -551,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("golden", cmd_golden, "write a golden step trace (HDF5) for checking another implementation")
     p.add_argument("--net", required=True, choices=nets)
-    p.add_argument("--method", default="dns", choices=["dense", "dns"], help="what the traced steps run")
+    p.add_argument("--method", default="dns", choices=list(GOLDEN_METHODS),
+                   help="what the traced steps run, with the golden settings of refdns/golden.py")
     p.add_argument("--steps", type=POSITIVE, default=5, help="training steps to trace")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="trace file to write (HDF5)")
     p.add_argument("--seed", type=NATURAL, default=0, help="seeds init, batch order and mask draws")

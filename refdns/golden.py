@@ -37,6 +37,10 @@ from refdns.nets.sequential import NetSpec
 from refdns.optim import SGDConfig
 from refdns.prune.base import PruningMethod
 from refdns.prune.dns import DNS, DNSConfig, DNSLayerConfig
+from refdns.prune.han import Han, HanConfig
+from refdns.prune.magnitude import Magnitude, MagnitudeConfig
+from refdns.prune.obd import OBD, OBDConfig
+from refdns.prune.random import RandomConfig, RandomPruning
 from refdns.run import TrainConfig, new_run
 from refdns.train import train_step
 
@@ -52,6 +56,19 @@ DEFAULT_SEED = 0
 # near it, and base_lr 0.1 moves them across it: pruning and splicing both happen within 5 steps.
 GOLDEN_DNS_LAYER = DNSLayerConfig(c_rate=-1.5, gamma=0.25, power=1.0, iter_stop=1_000_000)
 GOLDEN_SGD = SGDConfig(base_lr=0.05)
+# Distiller's reading: no clamp and std over all |W|, so c_rate -0.5 gives t ~ 0.36 max|w| on the xavier
+# start; deterministic updates every 2 steps show both an update and a skipped step.
+GOLDEN_DISTILLER_LAYER = DNSLayerConfig(c_rate=-0.5, gamma=0.0, power=1.0, iter_stop=1_000_000)
+# Han: three rounds two steps apart, so a 6-step golden crosses two round boundaries where the masks shrink.
+GOLDEN_HAN = {"quality": 1.2, "rounds": 3, "round_iterations": 2}
+GOLDEN_DENSITY = 0.5  # magnitude (per layer) and random
+GOLDEN_GLOBAL_DENSITY = 0.3  # magnitude, one threshold for the net
+GOLDEN_HESSIAN_SAMPLES = 16  # OBD's curvature batch: the first training images, stored in the trace
+GOLDEN_OBD = {"kept_fraction": 0.5, "at_iteration": 1}  # one dense step first, then the one-shot prune
+
+GOLDEN_METHODS = ("dense", "dns", "dns-distiller", "han", "magnitude", "magnitude-global", "random", "obd")
+# Per-step tensors every replay needs whole (never sampled): its inputs, and what it takes from the golden.
+WHOLE = ("hessian/", "surgery/")
 
 STEP_ORDER = (
     "inputs",
@@ -93,14 +110,48 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-def golden_method(net: str, method: str) -> PruningMethod:
-    """The pruning method a golden of ``method`` runs: ``dense`` (none) or the golden DNS settings."""
+def golden_method(
+    net: str, method: str, x_train: np.ndarray | None = None, y_train: np.ndarray | None = None
+) -> PruningMethod:
+    """The pruning method a golden of ``method`` (one of :data:`GOLDEN_METHODS`) runs, with the golden settings.
+
+    ``x_train``, ``y_train`` are needed by OBD only: its Hessian batch is their first
+    :data:`GOLDEN_HESSIAN_SAMPLES` images.
+    """
     spec = get_spec(net)
+    layers = list(spec.layer_names)
     if method == "dense":
         return PruningMethod()
     if method == "dns":
-        return DNS(DNSConfig(layers={n: GOLDEN_DNS_LAYER for n in spec.layer_names}))
-    raise TraceError(f"method={method!r}: goldens exist for 'dense' and 'dns'")
+        return DNS(DNSConfig(layers={n: GOLDEN_DNS_LAYER for n in layers}))
+    if method == "dns-distiller":
+        return DNS(DNSConfig(layers={n: GOLDEN_DISTILLER_LAYER for n in layers}, reading="distiller",
+                             update_every=2))
+    if method == "han":
+        return Han(HanConfig(quality={n: GOLDEN_HAN["quality"] for n in layers}, rounds=GOLDEN_HAN["rounds"],
+                             round_iterations=GOLDEN_HAN["round_iterations"]))
+    if method == "magnitude":
+        return Magnitude(MagnitudeConfig(densities={n: GOLDEN_DENSITY for n in layers}, retrain_iterations=0))
+    if method == "magnitude-global":
+        return Magnitude(MagnitudeConfig(scope="global", density=GOLDEN_GLOBAL_DENSITY, retrain_iterations=0))
+    if method == "random":
+        return RandomPruning(RandomConfig(densities={n: GOLDEN_DENSITY for n in layers}, retrain_iterations=0))
+    if method == "obd":
+        if x_train is None or y_train is None:
+            raise TraceError("method='obd' needs x_train and y_train (its Hessian batch)")
+        n = GOLDEN_HESSIAN_SAMPLES
+        return OBD(OBDConfig(**GOLDEN_OBD), np.asarray(x_train[:n], dtype=np.float32),
+                   np.asarray(y_train[:n], dtype=np.int64))
+    raise TraceError(f"method={method!r}: goldens exist for {', '.join(GOLDEN_METHODS)}")
+
+
+def step_context(params: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the golden writer adds to the method state it hands :meth:`PruningMethod.trace_state`: the step's
+    starting weights and masks, as ``before.params.<key>`` and ``before.masks.<key>`` (copies), so that a
+    one-shot method can trace its saliencies and the weights it chose from (OBD) without keeping them itself.
+    Never part of the run's state or its checkpoints."""
+    ctx = {f"before.params.{k}": np.array(v, copy=True) for k, v in params.items()}
+    return ctx | {f"before.masks.{k}": np.array(m, copy=True) for k, m in masks.items()}
 
 
 def _activation_names(spec: NetSpec) -> list[str]:
@@ -115,8 +166,10 @@ def _put(group: h5py.Group, name: str, arr: np.ndarray, *, max_elements: int | N
         stride = math.ceil(arr.size / max_elements)
         attrs = {"full_shape": np.asarray(arr.shape, dtype=np.int64), "sample_stride": stride}
         arr = np.ascontiguousarray(arr.reshape(-1)[::stride])
-    # one chunk per tensor: per-chunk index entries would cost more than the data of the small ones
-    kw = dict(compression="gzip", compression_opts=9, shuffle=True, chunks=arr.shape) if arr.size > 64 else {}
+    # one chunk per tensor: per-chunk index entries would cost more than the data of the small ones. zlib's
+    # level 9 takes seconds on a random-looking 0/1 mask for 5% less than level 6: masks get 6.
+    level = 9 if arr.dtype.kind == "f" else 6
+    kw = dict(compression="gzip", compression_opts=level, shuffle=True, chunks=arr.shape) if arr.size > 64 else {}
     ds = group.create_dataset(name, data=arr, **kw)
     for k, v in attrs.items():
         ds.attrs[k] = v
@@ -126,6 +179,20 @@ def _put_params(group: h5py.Group, tensors: dict[str, np.ndarray], dtype, max_el
     for key, arr in tensors.items():
         layer, kind = key.split(".")
         _put(group.require_group(layer), kind, np.asarray(arr, dtype=dtype), max_elements=max_elements)
+
+
+def _put_masks(group: h5py.Group, masks: dict[str, np.ndarray], previous: dict[str, tuple[np.ndarray, Any]]):
+    """Write a step's masks; one equal to the previous step's becomes an HDF5 hard link to that dataset, so
+    a mask held for many steps costs its bytes once (readers see an ordinary dataset under each name)."""
+    for key, m in masks.items():
+        layer, kind = key.split(".")
+        sub = group.require_group(layer)
+        prev = previous.get(key)
+        if prev is not None and np.array_equal(prev[0], m):
+            sub[kind] = prev[1]
+        else:
+            _put(sub, kind, np.asarray(m, dtype=np.uint8))
+            previous[key] = (np.array(m, copy=True), sub[kind])
 
 
 def write_golden(
@@ -146,7 +213,7 @@ def write_golden(
     Parameters
     ----------
     spec : NetSpec
-    method_name : "dense" or "dns"
+    method_name : one of :data:`GOLDEN_METHODS`
     steps : int, >= 1
     x_train : ndarray, shape (N, 1, 28, 28), float32
     y_train : ndarray, shape (N,), int64
@@ -162,7 +229,7 @@ def write_golden(
     """
     if steps < 1:
         raise TraceError(f"steps={steps} must be >= 1")
-    method = golden_method(spec.name, method_name)
+    method = golden_method(spec.name, method_name, x_train, y_train)
     cfg = TrainConfig(iterations=steps, batch_size=batch_size, test_interval=0, sgd=GOLDEN_SGD)
     state = new_run(spec, len(x_train), cfg, seed=seed)
     state.params = {
@@ -209,18 +276,21 @@ def write_golden(
             init = f.create_group("init")
             _put_params(init.create_group("params"), state.params, np.float32)
             _put_params(init.create_group("masks"), state.masks, np.uint8)
+            last_masks = {k: (np.array(m, copy=True), init[f"masks/{k.replace('.', '/')}"])
+                          for k, m in state.masks.items()}
             _put_params(init.create_group("velocity"), state.velocity, np.float32)
             for t in range(steps):
                 idx = state.data.next_indices()
                 x, y = x_train[idx], y_train[idx]
                 rec: dict[str, Any] = {}
+                before = step_context(state.params, state.masks)
                 loss, lr = train_step(state, x, y, cfg, method, trace=rec)
                 g = f.create_group(f"steps/{t:04d}")
                 g.attrs["iteration"] = t
                 _put(g, "inputs", np.asarray(x, dtype=np.float32))
                 _put(g, "labels", np.asarray(y, dtype=np.int64))
                 _put(g, "lr", np.float64(lr))
-                _put_params(g.create_group("masks"), rec["masks"], np.uint8)
+                _put_masks(g.create_group("masks"), rec["masks"], last_masks)
                 act = g.create_group("activations")
                 for name, out in zip(_activation_names(spec), rec["activations"], strict=True):
                     _put(act, name, out, max_elements=max_elements)
@@ -228,9 +298,9 @@ def write_golden(
                 _put_params(g.create_group("grads"), rec["grads"], np.float32, max_elements)
                 _put_params(g.create_group("params"), state.params, np.float32, max_elements)
                 summary["loss"].append(loss)
-                traced = method.trace_state(spec, state.method_state, rec["records"])
+                traced = method.trace_state(spec, state.method_state | before, rec["records"])
                 for name, arr in traced.items():
-                    _put(g, name, arr)
+                    _put(g, name, arr, max_elements=None if name.startswith(WHOLE) else max_elements)
                 for k in ("fired", "pruned", "spliced"):
                     if f"surgery/{k}" in traced:
                         summary[k].append(traced[f"surgery/{k}"].tolist())
@@ -319,16 +389,21 @@ def _datasets(f: h5py.File) -> list[tuple[int, str, str]]:
     """(step, tensor name, HDF5 path) of every dataset, in run order (init first as step -1)."""
     out = []
 
-    def visit(name, obj):
-        if not isinstance(obj, h5py.Dataset):
-            return
-        parts = name.split("/")
-        if parts[0] == "init":
-            out.append((-1, name, name))
-        elif parts[0] == "steps" and len(parts) > 2:
-            out.append((int(parts[1]), "/".join(parts[2:]), name))
+    def walk(group: h5py.Group, prefix: str) -> None:
+        # by link, not visititems: that visits a hard-linked dataset once, under one of its names only
+        for key in group:
+            name = f"{prefix}{key}"
+            obj = group.get(key, getlink=False)
+            if isinstance(obj, h5py.Group):
+                walk(obj, name + "/")
+                continue
+            parts = name.split("/")
+            if parts[0] == "init":
+                out.append((-1, name, name))
+            elif parts[0] == "steps" and len(parts) > 2:
+                out.append((int(parts[1]), "/".join(parts[2:]), name))
 
-    f.visititems(visit)
+    walk(f, "")
     return sorted(out, key=lambda t: (t[0], _order_key(t[1])))
 
 

@@ -56,6 +56,7 @@ def _perturbed(tmp_path, fn) -> Path:
     shutil.copy(DNS_300, cand)
     with h5py.File(cand, "r+") as f:
         fn(f)
+    golden.seal_trace(cand)  # a deliberate edit: the content checks must find it, not the seal
     return cand
 
 

@@ -24,6 +24,7 @@ def nudged(tmp_path) -> Path:
     with h5py.File(cand, "r+") as f:
         ds = f["steps/0001/activations/01_dense_ip1"]
         ds[...] = ds[()] * np.float32(1.001)
+    golden.seal_trace(cand)
     return cand
 
 

@@ -202,19 +202,15 @@ def test_dns_traces_its_thresholds_in_layer_order(rng):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed (optional)")
-def test_pytorch_replay_passes_and_wrong_variant_is_caught_at_the_right_step(tmp_path):
+@pytest.mark.parametrize(("name", "wrong"), [("dns", None), ("dns", "no-splice"), ("dns", "ddof1"),
+                                             ("han", None), ("han", "han-momentum")])
+def test_pytorch_replay_passes_and_wrong_variants_are_caught_at_the_right_step(name, wrong):
     import torch_crosscheck
 
-    cand = tmp_path / "torch.h5"
-    torch_crosscheck.replay(DNS_300, cand)
-    report = golden.verify(DNS_300, cand)
-    assert report.ok, golden.format_report(report)
-    wrong = tmp_path / "wrong.h5"
-    torch_crosscheck.replay(DNS_300, wrong, "no-splice")
-    report = golden.verify(DNS_300, wrong)
-    assert report.divergence is not None
-    assert report.divergence[0] == torch_crosscheck.expected_step(DNS_300, "no-splice") == 1
-    assert report.divergence[1].startswith("masks/")
+    row = torch_crosscheck.run(GOLDEN_DIR / f"lenet-300-100-{name}.h5", wrong)
+    assert row["ok"], row["report"]
+    if wrong == "no-splice":
+        assert row["diverges_at"] == 1 and row["tensor"].startswith("masks/")
 
 
 def _steps(path, name, dtype=None):

@@ -41,6 +41,7 @@ from refdns.prune.dns import DNS, DNSConfig, DNSLayerConfig
 from refdns.prune.han import Han, HanConfig
 from refdns.prune.magnitude import Magnitude, MagnitudeConfig
 from refdns.prune.obd import OBD, OBDConfig
+from refdns.prune.obs import OBS, OBSConfig
 from refdns.prune.random import RandomConfig, RandomPruning
 from refdns.run import TrainConfig, new_run
 from refdns.train import train_step
@@ -66,8 +67,12 @@ GOLDEN_DENSITY = 0.5  # magnitude (per layer) and random
 GOLDEN_GLOBAL_DENSITY = 0.3  # magnitude, one threshold for the net
 GOLDEN_HESSIAN_SAMPLES = 16  # OBD's curvature batch: the first training images, stored in the trace
 GOLDEN_OBD = {"kept_fraction": 0.5, "at_iteration": 1}  # one dense step first, then the one-shot prune
+# OBS: the layer-wise (OBC) surgeon, the only one that fits these nets; its cost grows with the inputs live on
+# the Hessian batch, so one image (LeNet-300-100 only: LeNet-5's ip1 has 800 live inputs on any batch).
+GOLDEN_OBS = {"kept_fraction": 0.5, "at_iteration": 1, "hessian": "layerwise", "damping": 0.01}
+GOLDEN_OBS_SAMPLES = 1
 
-GOLDEN_METHODS = ("dense", "dns", "dns-distiller", "han", "magnitude", "magnitude-global", "random", "obd")
+GOLDEN_METHODS = ("dense", "dns", "dns-distiller", "han", "magnitude", "magnitude-global", "random", "obd", "obs")
 # Per-step tensors every replay needs whole (never sampled): its inputs, and what it takes from the golden.
 WHOLE = ("hessian/", "surgery/")
 
@@ -142,6 +147,12 @@ def golden_method(
             raise TraceError("method='obd' needs x_train and y_train (its Hessian batch)")
         n = GOLDEN_HESSIAN_SAMPLES
         return OBD(OBDConfig(**GOLDEN_OBD), np.asarray(x_train[:n], dtype=np.float32),
+                   np.asarray(y_train[:n], dtype=np.int64))
+    if method == "obs":
+        if x_train is None or y_train is None:
+            raise TraceError("method='obs' needs x_train and y_train (its Hessian batch)")
+        n = GOLDEN_OBS_SAMPLES
+        return OBS(OBSConfig(**GOLDEN_OBS), np.asarray(x_train[:n], dtype=np.float32),
                    np.asarray(y_train[:n], dtype=np.int64))
     raise TraceError(f"method={method!r}: goldens exist for {', '.join(GOLDEN_METHODS)}")
 
@@ -450,19 +461,26 @@ def compare_arrays(g: np.ndarray, c: np.ndarray, tol: Tolerance | None) -> tuple
     """(max abs error, max rel error, first bad flat index or None); ``tol=None`` means exact."""
     g64 = g.astype(np.float64).reshape(-1)
     c64 = c.astype(np.float64).reshape(-1)
-    diff = np.abs(c64 - g64)
-    diff[np.isnan(c64) & np.isnan(g64)] = 0.0
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(c64 - g64)
+    diff[(np.isnan(c64) & np.isnan(g64)) | (c64 == g64)] = 0.0  # equal infinities (OBS's dead inputs) agree
     diff[np.isnan(diff)] = np.inf  # NaN on one side only, or inf - inf
+    finite = np.isfinite(g64)
     if tol is None:
         bound = np.zeros_like(g64)
         floor = 1.0
     else:
-        scale = max(1.0, float(np.max(np.abs(g64)))) if g64.size else 1.0
-        bound = tol.atol * scale + tol.rtol * np.abs(g64)
+        # the scale of the finite values; a non-finite golden value must be matched exactly
+        scale = max(1.0, float(np.max(np.abs(g64[finite])))) if finite.any() else 1.0
+        bound = np.where(finite, tol.atol * scale + tol.rtol * np.abs(np.where(finite, g64, 0.0)), 0.0)
         floor = tol.atol
     bad = np.flatnonzero(~(diff <= bound))
     max_abs = float(diff.max()) if diff.size else 0.0
-    max_rel = float((diff / np.maximum(np.abs(g64), floor)).max()) if diff.size else 0.0
+    with np.errstate(invalid="ignore"):
+        rel = diff / np.maximum(np.abs(g64), floor)
+    rel[diff == 0] = 0.0
+    rel[np.isinf(diff)] = np.inf
+    max_rel = float(np.nanmax(rel)) if diff.size else 0.0
     return max_abs, max_rel, (int(bad[0]) if bad.size else None)
 
 

@@ -258,21 +258,27 @@ def test_one_shot_goldens_prune_at_step_0_to_the_density(method, density):
         assert all(np.array_equal(m[k], v) for k, v in _masks(path, t).items())
 
 
-def test_obd_golden_traces_saliencies_and_the_chosen_indices():
-    path = GOLDEN_DIR / "lenet-300-100-obd.h5"
+@pytest.mark.parametrize(("method", "samples"), [("obd", 16), ("obs", 1)])
+def test_obd_and_obs_goldens_trace_saliencies_and_the_chosen_indices(method, samples):
+    path = GOLDEN_DIR / f"lenet-300-100-{method}.h5"
     with h5py.File(path) as f:
         s = f["steps/0001"]
-        assert "obd/saliency/ip1" not in f["steps/0000"] and s["hessian/inputs"].shape == (16, 1, 28, 28)
+        assert f"{method}/saliency/ip1" not in f["steps/0000"]
+        assert s["hessian/inputs"].shape == (samples, 1, 28, 28)
         before, after = _masks(path, 0), _masks(path, 1)
         removed = 0
         for n in ("ip1", "ip2", "ip3"):
             want = np.flatnonzero(before[f"{n}.weight"] & ~after[f"{n}.weight"].astype(bool))
-            got = s[f"obd/pruned/{n}"]
+            got = s[f"{method}/pruned/{n}"]
             stride = int(got.attrs.get("sample_stride", 1))
             assert np.array_equal(got[()], want[::stride])
             removed += want.size
-            assert s[f"obd/saliency/{n}"].dtype == np.float64
-        assert removed == round(0.5 * (784 * 300 + 300 * 100 + 100 * 10))
+            assert s[f"{method}/saliency/{n}"].dtype == np.float64
+        if method == "obd":
+            assert removed == round(0.5 * (784 * 300 + 300 * 100 + 100 * 10))
+        else:  # the surgeon moved the survivors: its update is non-zero off the pruned entries
+            upd = s["obs/update/ip2"][()]
+            assert np.count_nonzero(upd) > 0
 
 
 def test_a_golden_with_linked_masks_verifies_against_a_candidate_storing_every_mask(tmp_path):

@@ -71,3 +71,12 @@ def test_tolerance_is_validated():
     with pytest.raises(ValueError, match="rtol"):
         golden.Tolerance(rtol=float("nan"), atol=0.0)
     assert golden.Tolerance(1e-4, 1e-5).widened(atol=0.5) == golden.Tolerance(1e-4, 0.5)
+
+
+def test_non_finite_golden_values_must_be_matched_exactly():
+    inf, nan = np.inf, np.nan
+    tol = golden.TOLERANCES["float64"]
+    assert golden.compare_arrays(np.array([inf, -inf, nan, 1.0]), np.array([inf, -inf, nan, 1.0]), tol)[2] is None
+    max_abs, max_rel, bad = golden.compare_arrays(np.array([1.0, inf]), np.array([1.0, 1e300]), tol)
+    assert bad == 1 and max_abs == inf and max_rel == inf
+    assert golden.compare_arrays(np.array([1.0, 2.0]), np.array([1.0, nan]), tol)[2] == 1

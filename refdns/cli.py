@@ -357,8 +357,8 @@ def cmd_import(args) -> int:
               "format": found.format, "layout": found.layout, "mask_from_zeros": bool(args.mask_from_zeros)}
     checkpoint.save(args.out, state, method="import", config=config)
     kept = sum(int(np.count_nonzero(m)) for m in state.masks.values())
-    print(f"imported {args.weights} ({found.format}, {found.layout}) into {args.out}: {spec.name}, {kept:,} of "
-          f"{spec.n_params():,} parameters kept ({source})")
+    print(f"imported {args.weights} ({found.format}, {found.layout}) into {args.out}: {spec.name}, "
+          f"{kept:,} of {spec.n_params():,} parameters kept ({source})")
     return 0
 
 
@@ -378,10 +378,11 @@ def cmd_export(args) -> int:
         write_npz(args.out, params)
     else:
         layout = "torch-prune" if args.torch_prune else "plain"
-        write_safetensors(args.out, params, st.masks if args.torch_prune else None,
-                          metadata={"producer": f"refdns {__version__}", "net": st.spec.name, "layout": layout})
+        meta = {"producer": f"refdns {__version__}", "net": st.spec.name, "layout": layout}
+        write_safetensors(args.out, params, st.masks if args.torch_prune else None, metadata=meta)
     what = ("W as <layer>.weight_orig and T as <layer>.weight_mask (torch.nn.utils.prune)" if args.torch_prune
-            else "raw W (pruned entries keep their values)" if args.raw else "W * mask (pruned entries are 0)")
+            else "raw W (pruned entries keep their values)" if args.raw
+            else "W * mask (pruned entries are 0)")
     print(f"exported {args.checkpoint} ({st.spec.name}) to {args.out} ({fmt}): {what}")
     return 0
 
@@ -413,8 +414,8 @@ def cmd_diff(args) -> int:
         raise ConfigError(f"A is a {spec_a.name}, B a {spec_b.name}: nothing to compare")
     rows = diff_weights(pa, ma, pb, mb)
     print(f"A {args.a}\nB {args.b}\n")
-    print("| parameter | entries | kept A | kept B | kept by both | mask agreement | Jaccard | max abs W*T diff "
-          "| rel L2 diff |")
+    print("| parameter | entries | kept A | kept B | kept by both | mask agreement | Jaccard "
+          "| max abs W*T diff | rel L2 diff |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r.key} | {r.size:,} | {r.kept_a:,} | {r.kept_b:,} | {r.both:,} | {r.agreement:.6f} | "
@@ -625,8 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative tolerance for every floating tensor (unset: per dtype, float32 1e-4, "
                    "float64 1e-9)")
     p.add_argument("--atol", type=_tolerance, default=None,
-                   help="absolute tolerance, times max(1, max|golden|), for every floating tensor (unset: per "
-                   "dtype, float32 1e-5, float64 1e-12)")
+                   help="absolute tolerance, times max(1, max|golden|), for every floating tensor (unset: "
+                   "per dtype, float32 1e-5, float64 1e-12)")
     p.add_argument("--only", action="append", metavar="GROUP",
                    help="compare only this group of tensors (repeatable): masks, grads, grads/ip1, params, "
                    "activations, thresholds, surgery, init, ...")
@@ -637,14 +638,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", help="weight file with <layer>.weight and <layer>.bias in Caffe layouts")
     p.add_argument("--net", required=True, choices=nets)
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="checkpoint to write")
-    p.add_argument("--mask-from-zeros", action="store_true", help="mask = the non-zero pattern of the weights, "
-                   "for a file without masks (torch.prune masks and Caffe DNS mask blobs are always used)")
+    p.add_argument("--mask-from-zeros", action="store_true",
+                   help="mask = the non-zero pattern of the weights, for a file without masks (torch.prune "
+                   "masks and Caffe DNS mask blobs are always used)")
     p.add_argument("--seed", type=NATURAL, default=0, help="seeds the batch order and mask draws of a later run")
     p.add_argument("--batch-size", type=POSITIVE, default=64, help="batch size the batch order is drawn for")
     p.add_argument("--n-train", type=POSITIVE, default=60_000, help="training-set size the batch order is drawn for")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
 
-    p = command("export", cmd_export, "write a checkpoint's weights as .npz or safetensors (<layer>.weight/.bias)")
+    p = command("export", cmd_export,
+                "write a checkpoint's weights as .npz or safetensors (<layer>.weight/.bias)")
     p.add_argument("checkpoint", help="HDF5 checkpoint")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="weight file to write")
     p.add_argument("--format", choices=["npz", "safetensors"], default=None,
@@ -654,8 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "<layer>.weight_orig (raw W) and <layer>.weight_mask (T), likewise for biases")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
 
-    p = command("diff", cmd_diff, "compare two pruned nets: per-parameter mask agreement, Jaccard index of the "
-                "kept sets and the differences of W * mask")
+    p = command("diff", cmd_diff, "compare two pruned nets: per-parameter mask agreement, Jaccard index of "
+                "the kept sets and the differences of W * mask")
     p.add_argument("a", metavar="A", help="checkpoint or weight file (.npz, safetensors, .caffemodel)")
     p.add_argument("b", metavar="B", help="checkpoint or weight file")
     p.add_argument("--net", choices=nets, help="the net of a weight file (checkpoints name their own)")

@@ -72,7 +72,9 @@ GOLDEN_OBD = {"kept_fraction": 0.5, "at_iteration": 1}  # one dense step first, 
 GOLDEN_OBS = {"kept_fraction": 0.5, "at_iteration": 1, "hessian": "layerwise", "damping": 0.01}
 GOLDEN_OBS_SAMPLES = 1
 
-GOLDEN_METHODS = ("dense", "dns", "dns-distiller", "han", "magnitude", "magnitude-global", "random", "obd", "obs")
+GOLDEN_METHODS = (
+    "dense", "dns", "dns-distiller", "han", "magnitude", "magnitude-global", "random", "obd", "obs",
+)
 # Per-step tensors every replay needs whole (never sampled): its inputs, and what it takes from the golden.
 WHOLE = ("hessian/", "surgery/")
 
@@ -119,7 +121,7 @@ TOLERANCES: dict[str, Tolerance] = {
 def golden_method(
     net: str, method: str, x_train: np.ndarray | None = None, y_train: np.ndarray | None = None
 ) -> PruningMethod:
-    """The pruning method a golden of ``method`` (one of :data:`GOLDEN_METHODS`) runs, with the golden settings.
+    """The pruning method a golden of ``method`` (one of :data:`GOLDEN_METHODS`) runs, with golden settings.
 
     ``x_train``, ``y_train`` are needed by OBD only: its Hessian batch is their first
     :data:`GOLDEN_HESSIAN_SAMPLES` images.
@@ -141,7 +143,8 @@ def golden_method(
     if method == "magnitude-global":
         return Magnitude(MagnitudeConfig(scope="global", density=GOLDEN_GLOBAL_DENSITY, retrain_iterations=0))
     if method == "random":
-        return RandomPruning(RandomConfig(densities={n: GOLDEN_DENSITY for n in layers}, retrain_iterations=0))
+        densities = {n: GOLDEN_DENSITY for n in layers}
+        return RandomPruning(RandomConfig(densities=densities, retrain_iterations=0))
     if method == "obd":
         if x_train is None or y_train is None:
             raise TraceError("method='obd' needs x_train and y_train (its Hessian batch)")
@@ -181,7 +184,9 @@ def _put(group: h5py.Group, name: str, arr: np.ndarray, *, max_elements: int | N
     # one chunk per tensor: per-chunk index entries would cost more than the data of the small ones. zlib's
     # level 9 takes seconds on a random-looking 0/1 mask for 5% less than level 6: masks get 6.
     level = 9 if arr.dtype.kind == "f" else 6
-    kw = dict(compression="gzip", compression_opts=level, shuffle=True, chunks=arr.shape) if arr.size > 64 else {}
+    kw = {}
+    if arr.size > 64:
+        kw = dict(compression="gzip", compression_opts=level, shuffle=True, chunks=arr.shape)
     ds = group.create_dataset(name, data=arr, **kw)
     for k, v in attrs.items():
         ds.attrs[k] = v
@@ -373,7 +378,8 @@ class VerifyReport:
             "tolerances": {k: {"rtol": v.rtol, "atol": v.atol} for k, v in self.tolerances.items()},
             "divergence": None if self.ok else {"step": self.divergence[0], "tensor": self.divergence[1]},
             "tensors": [
-                {f.name: getattr(r, f.name) for f in fields(TensorResult)} | {"ok": r.ok} for r in self.tensors
+                {f.name: getattr(r, f.name) for f in fields(TensorResult)} | {"ok": r.ok}
+                for r in self.tensors
             ],
         }
 
@@ -389,8 +395,8 @@ def _open_trace(path: str | os.PathLike, role: str) -> h5py.File:
     with open(path, "rb") as fh:
         head = fh.read(len(SEAL_MAGIC))
     if not (head.startswith(HDF5_SIGNATURE) or head.startswith(SEAL_MAGIC)):
-        raise TraceError(f"{role} trace {path}: not an HDF5 trace (neither a seal nor an HDF5 signature at the "
-                         "start; truncated, damaged or another kind of file)")
+        raise TraceError(f"{role} trace {path}: not an HDF5 trace (neither a seal nor an HDF5 signature "
+                         "at the start; truncated, damaged or another kind of file)")
     try:
         # Before HDF5 sees a byte: libhdf5 can hang on damaged metadata. Unsealed traces (older goldens,
         # other implementations' candidates) are read as they are.

@@ -129,8 +129,8 @@ def detect_format(path: str | os.PathLike) -> str:
     # NetParameter: name (1), layers (2, V1), input (3), ..., layer (100: key bytes a2 06)
     if head[:1] in (b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x2a") or head[:2] == b"\xa2\x06":
         return "caffemodel"
-    raise InterchangeError(f"{path}: not a weight file refdns reads (neither .npz, safetensors nor .caffemodel "
-                           f"by its first bytes {head[:8]!r})")
+    raise InterchangeError(f"{path}: not a weight file refdns reads (neither .npz, safetensors nor "
+                           f".caffemodel by its first bytes {head[:8]!r})")
 
 
 def _safetensors_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -198,8 +198,13 @@ def read_safetensors(path: str | os.PathLike, spec: NetSpec) -> Weights:
     return Weights(checked, full, "safetensors", "torch-prune")
 
 
-def write_safetensors(path: str | os.PathLike, params: dict[str, np.ndarray],
-                      masks: dict[str, np.ndarray] | None = None, *, metadata: dict[str, str] | None = None) -> Path:
+def write_safetensors(
+    path: str | os.PathLike,
+    params: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray] | None = None,
+    *,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """Write ``params`` (float32) atomically; with ``masks``, in torch.nn.utils.prune's layout
     (``<key>_orig`` = W, ``<key>_mask`` = T as float32, which ``prune.custom_from_mask`` and a module's
     ``load_state_dict`` after ``prune.identity`` accept)."""
@@ -260,8 +265,8 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 class ParamDiff:
     """How two pruned versions of one parameter differ (``refdns diff``).
 
-    ``agreement``: fraction of entries whose mask bits are equal; ``jaccard``: |A and B| / |A or B| of the kept
-    sets (1.0 when both keep nothing); ``max_abs`` / ``rel_l2``: of the effective weights ``W * T``
+    ``agreement``: fraction of entries whose mask bits are equal; ``jaccard``: |A and B| / |A or B| of the
+    kept sets (1.0 when both keep nothing); ``max_abs`` / ``rel_l2``: of the effective weights ``W * T``
     (``rel_l2 = ||a - b|| / max(||a||, ||b||)``, 0 when both are 0).
     """
 
@@ -294,7 +299,8 @@ def diff_weights(a_params, a_masks, b_params, b_masks) -> list[ParamDiff]:
         d = ea - eb
         scale = max(float(np.linalg.norm(ea)), float(np.linalg.norm(eb)))
         rows.append(ParamDiff(key=k, size=int(wa.size), kept_a=int(ma.sum()), kept_b=int(mb.sum()), both=both,
-                              agreement=float(np.mean(ma == mb)), jaccard=1.0 if either == 0 else both / either,
+                              agreement=float(np.mean(ma == mb)),
+                              jaccard=1.0 if either == 0 else both / either,
                               max_abs=float(np.abs(d).max()) if d.size else 0.0,
                               rel_l2=0.0 if scale == 0 else float(np.linalg.norm(d)) / scale))
     return rows

@@ -111,8 +111,11 @@ def _s(v) -> str:
 
 
 def _group_tensors(group: h5py.Group, cast=None) -> dict[str, np.ndarray]:
-    return {f"{layer}.{kind}": (group[layer][kind][()] if cast is None else group[layer][kind][()].astype(cast))
-            for layer in group for kind in group[layer]}
+    return {
+        f"{layer}.{kind}": (group[layer][kind][()] if cast is None else group[layer][kind][()].astype(cast))
+        for layer in group
+        for kind in group[layer]
+    }
 
 
 def read_start(golden: str | os.PathLike) -> Start:
@@ -137,8 +140,17 @@ def _step_input(g: h5py.Group, t: int, method: str, layers: Sequence[str]) -> St
     thresholds = {k: s[f"thresholds/{k}"][()] for k in s["thresholds"]} if "thresholds" in s else None
     given = _group_tensors(s["masks"], bool) if method in DRAWN_MASKS else None
     hessian = (s["hessian/inputs"][()], s["hessian/labels"][()]) if "hessian" in s else None
-    return StepInput(step=t, iteration=int(s.attrs["iteration"]), inputs=s["inputs"][()], labels=s["labels"][()],
-                     lr=float(s["lr"][()]), fired=fired, thresholds=thresholds, given_masks=given, hessian=hessian)
+    return StepInput(
+        step=t,
+        iteration=int(s.attrs["iteration"]),
+        inputs=s["inputs"][()],
+        labels=s["labels"][()],
+        lr=float(s["lr"][()]),
+        fired=fired,
+        thresholds=thresholds,
+        given_masks=given,
+        hessian=hessian,
+    )
 
 
 def _write(c: h5py.Group, path: str, value, g: h5py.File, gpath: str) -> None:
@@ -156,8 +168,13 @@ def _params_group(c: h5py.Group, prefix: str, tensors: dict[str, Any], g: h5py.F
         _write(c, f"{prefix}/{sub}", arr, g, f"{gprefix}/{sub}")
 
 
-def replay(golden: str | os.PathLike, candidate: Candidate, out: str | os.PathLike, *,
-           producer: str = "a refdns.testing candidate") -> Path:
+def replay(
+    golden: str | os.PathLike,
+    candidate: Candidate,
+    out: str | os.PathLike,
+    *,
+    producer: str = "a refdns.testing candidate",
+) -> Path:
     """Feed ``candidate`` the golden step by step and write what it returns as a candidate trace at ``out``
     (atomically). Returns ``out``. Exceptions raised by the candidate propagate, with the step added."""
     start = read_start(golden)
@@ -165,9 +182,17 @@ def replay(golden: str | os.PathLike, candidate: Candidate, out: str | os.PathLi
     step_fn = candidate(start)
     out = Path(out)
     with _open_trace(golden, "golden") as g, atomic_path(out) as tmp, h5py.File(tmp, "w") as c:
-        c.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION, "net": start.net,
-                        "method": start.method, "steps": start.steps, "seed": g.attrs["seed"],
-                        "producer": f"{producer} (refdns.testing {__version__})"})
+        c.attrs.update(
+            {
+                "format": FORMAT,
+                "schema_version": SCHEMA_VERSION,
+                "net": start.net,
+                "method": start.method,
+                "steps": start.steps,
+                "seed": g.attrs["seed"],
+                "producer": f"{producer} (refdns.testing {__version__})",
+            }
+        )
         c.attrs["layers"] = np.array(layers, dtype=h5py.string_dtype())
         c.attrs["activations"] = np.array(list(start.activations), dtype=h5py.string_dtype())
         for grp in ("params", "masks", "velocity"):
@@ -211,8 +236,10 @@ def replay(golden: str | os.PathLike, candidate: Candidate, out: str | os.PathLi
                 _write(s, f"thresholds/{k}", np.asarray(v, dtype=np.float64), g, f"{base}/thresholds/{k}")
             for k, v in res.items():
                 if "/" not in k:
-                    raise TraceError(f"candidate returned {k!r} at step {t}: not a known key (masks, "
-                                     "activations, loss, grads, params, thresholds, surgery, lr) nor a path")
+                    raise TraceError(
+                        f"candidate returned {k!r} at step {t}: not a known key (masks, "
+                        "activations, loss, grads, params, thresholds, surgery, lr) nor a path"
+                    )
                 _write(s, k, v, g, f"{base}/{k}")
             if masks is not None:
                 prev = masks
@@ -233,9 +260,15 @@ def _derived_surgery(layers, prev, masks, fired) -> dict[str, np.ndarray]:
     return out
 
 
-def check_candidate(golden: str | os.PathLike, candidate: Candidate, out: str | os.PathLike | None = None, *,
-                    tolerances: dict[str, Tolerance] | None = None, only: Sequence[str] | None = None,
-                    producer: str = "a refdns.testing candidate") -> VerifyReport:
+def check_candidate(
+    golden: str | os.PathLike,
+    candidate: Candidate,
+    out: str | os.PathLike | None = None,
+    *,
+    tolerances: dict[str, Tolerance] | None = None,
+    only: Sequence[str] | None = None,
+    producer: str = "a refdns.testing candidate",
+) -> VerifyReport:
     """:func:`replay` then :func:`refdns.golden.verify`; the candidate trace goes to ``out`` (a temporary
     file, removed afterwards, when None)."""
     if out is not None:
@@ -247,9 +280,14 @@ def check_candidate(golden: str | os.PathLike, candidate: Candidate, out: str | 
         return verify(golden, path, tolerances, only=only)
 
 
-def assert_matches_golden(golden: str | os.PathLike, candidate: Candidate, *, tmp_path=None,
-                          tolerances: dict[str, Tolerance] | None = None,
-                          only: Sequence[str] | None = None) -> VerifyReport:
+def assert_matches_golden(
+    golden: str | os.PathLike,
+    candidate: Candidate,
+    *,
+    tmp_path=None,
+    tolerances: dict[str, Tolerance] | None = None,
+    only: Sequence[str] | None = None,
+) -> VerifyReport:
     """One assertion for a test: the candidate replays ``golden`` within the tolerances.
 
     Raises AssertionError whose first line names the first diverging step and tensor (and the element and
@@ -263,6 +301,8 @@ def assert_matches_golden(golden: str | os.PathLike, candidate: Candidate, *, tm
         row = next(r for r in report.tensors if r.name == name)
         where = "the initial state" if step == -1 else f"step {step}"
         index = "" if row.first_bad_index is None else f" at index {row.first_bad_index}"
-        raise AssertionError(f"candidate diverges from {golden} first at {where}, tensor {name}{index}: "
-                             f"{row.note}\n{format_report(report)}")
+        raise AssertionError(
+            f"candidate diverges from {golden} first at {where}, tensor {name}{index}: "
+            f"{row.note}\n{format_report(report)}"
+        )
     return report

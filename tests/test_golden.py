@@ -34,7 +34,8 @@ def test_committed_goldens_match_a_fresh_run(mnist, tmp_path, net, method, steps
     committed = GOLDEN_DIR / make_goldens.golden_name(net, method)
     assert committed.stat().st_size < make_goldens.MAX_BYTES
     fresh = tmp_path / committed.name
-    golden.write_golden(fresh, get_spec(net), method, steps, mnist[0], mnist[1], **make_goldens.options(net, method))
+    options = make_goldens.options(net, method)
+    golden.write_golden(fresh, get_spec(net), method, steps, mnist[0], mnist[1], **options)
     report = golden.verify(committed, fresh)
     # within the named tolerances, not bit-exact: faster kernels may sum in another order
     assert report.ok, golden.format_report(report)
@@ -241,7 +242,9 @@ def _masks(path, t):
         return {f"{n}.{k}": g[n][k][()] for n in g for k in g[n]}
 
 
-@pytest.mark.parametrize(("method", "density"), [("magnitude", 0.5), ("random", 0.5), ("magnitude-global", 0.3)])
+@pytest.mark.parametrize(
+    ("method", "density"), [("magnitude", 0.5), ("random", 0.5), ("magnitude-global", 0.3)]
+)
 def test_one_shot_goldens_prune_at_step_0_to_the_density(method, density):
     path = GOLDEN_DIR / f"lenet-300-100-{method}.h5"
     spec = get_spec("lenet-300-100")
@@ -289,7 +292,7 @@ def test_a_golden_with_linked_masks_verifies_against_a_candidate_storing_every_m
     with h5py.File(src) as g, h5py.File(cand, "w") as c:
         for k, v in g.attrs.items():
             c.attrs[k] = v
-        for step, _, hpath in golden._datasets(g):
+        for _, _, hpath in golden._datasets(g):
             ds = g[hpath]
             c.create_dataset(hpath, data=ds[()])
             for k, v in ds.attrs.items():
@@ -309,5 +312,6 @@ def test_golden_cli_writes_every_method(tmp_path, mnist):
     for method in golden.GOLDEN_METHODS:
         out = tmp_path / f"{method}.h5"
         assert cli.main(["golden", "--net", "lenet-300-100", "--method", method, "--steps", "1",
-                         "--batch-size", "2", "-o", str(out), "--data-dir", str(mnist_dir), "--no-download"]) == 0
+                         "--batch-size", "2", "-o", str(out), "--data-dir", str(mnist_dir),
+                         "--no-download"]) == 0
         assert golden.verify(out, out).ok

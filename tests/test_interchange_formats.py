@@ -23,7 +23,7 @@ NET = "lenet-300-100"
 def pruned_ckpt(tmp_path, rng):
     spec = get_spec(NET)
     state = new_run(spec, 100, TrainConfig(batch_size=10), seed=3)
-    for k, m in state.masks.items():
+    for m in state.masks.values():
         m[...] = rng.random(m.shape) < 0.4
     path = tmp_path / "pruned.h5"
     checkpoint.save(path, state, method="import", config={"net": NET})
@@ -58,7 +58,9 @@ def test_torch_prune_layout_round_trip_keeps_raw_w_and_masks(tmp_path, pruned_ck
     back = _import(capsys, st, tmp_path / "back.h5")
     assert "torch-prune" in capsys.readouterr().out
     for k in state.params:
-        assert np.array_equal(back.params[k], state.params[k]) and np.array_equal(back.masks[k], state.masks[k])
+        assert np.array_equal(back.params[k], state.params[k]) and np.array_equal(
+            back.masks[k], state.masks[k]
+        )
     assert cli.main(["diff", str(ck), str(tmp_path / "back.h5"), "--json", str(tmp_path / "d.json")]) == 0
     d = json.loads((tmp_path / "d.json").read_text())
     assert d["identical"] and all(p["jaccard"] == 1.0 and p["max_abs"] == 0.0 for p in d["params"])
@@ -84,8 +86,9 @@ def test_torch_prune_layout_refusals(tmp_path, pruned_ckpt, capsys):
     _, state = pruned_ckpt
     from safetensors.numpy import save_file
 
-    t = {k + "_orig": v for k, v in state.params.items()} | {k + "_mask": m.astype(np.float32)
-                                                              for k, m in state.masks.items()}
+    t = {k + "_orig": v for k, v in state.params.items()} | {
+        k + "_mask": m.astype(np.float32) for k, m in state.masks.items()
+    }
     bad = dict(t)
     del bad["ip2.weight_mask"]
     save_file(bad, tmp_path / "nomask.st")
@@ -111,7 +114,9 @@ def test_caffemodel_import_takes_dns_mask_blobs_or_zeros(tmp_path, pruned_ckpt, 
     back = _import(capsys, with_masks, tmp_path / "a.h5", "--mask-from-zeros")  # the blobs win
     assert "caffe-dns" in capsys.readouterr().out
     for k in state.params:
-        assert np.array_equal(back.masks[k], state.masks[k]) and np.array_equal(back.params[k], state.params[k])
+        assert np.array_equal(back.masks[k], state.masks[k]) and np.array_equal(
+            back.params[k], state.params[k]
+        )
     eff = {k: state.params[k] * state.masks[k] for k in state.params}
     plain = tmp_path / "plain.bin"
     write_caffemodel(plain, params_to_caffemodel(eff, spec.layer_names))
@@ -147,7 +152,11 @@ def test_a_model_pruned_by_torch_nn_utils_prune_imports_with_its_masks(tmp_path,
 
     torch.manual_seed(0)
     model = torch.nn.Module()
-    model.ip1, model.ip2, model.ip3 = torch.nn.Linear(784, 300), torch.nn.Linear(300, 100), torch.nn.Linear(100, 10)
+    model.ip1, model.ip2, model.ip3 = (
+        torch.nn.Linear(784, 300),
+        torch.nn.Linear(300, 100),
+        torch.nn.Linear(100, 10),
+    )
     for layer in (model.ip1, model.ip2, model.ip3):
         prune.l1_unstructured(layer, "weight", amount=0.7)
     prune.random_unstructured(model.ip1, "bias", amount=0.5)

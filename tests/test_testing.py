@@ -1,4 +1,5 @@
-"""refdns.testing: the replay protocol, with tiny pure-NumPy candidates (one right, one wrong at a known step)."""
+"""refdns.testing: the replay protocol, with tiny pure-NumPy candidates (one right, one wrong at a known
+step)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,12 @@ def numpy_lenet300(*, momentum_on: bool = True, splice: bool = True):
             if dns:
                 if not th:
                     for n in layers:
-                        x = np.concatenate([(w[n + ".weight"] * m[n + ".weight"]).ravel(),
-                                            (w[n + ".bias"] * m[n + ".bias"]).ravel()]).astype(np.float64)
+                        x = np.concatenate(
+                            [
+                                (w[n + ".weight"] * m[n + ".weight"]).ravel(),
+                                (w[n + ".bias"] * m[n + ".bias"]).ravel(),
+                            ]
+                        ).astype(np.float64)
                         x = np.abs(x[x != 0])
                         mu = x.mean()
                         std = np.sqrt(max(np.mean(x * x) - mu * mu, 0.0))
@@ -73,8 +78,13 @@ def numpy_lenet300(*, momentum_on: bool = True, splice: bool = True):
                 wd = sgd["weight_decay"] * (sgd["bias_decay_mult"] if bias else 1.0)
                 v[k] = (mu_ * v[k] + lr * (g[k] + wd * w[k])).astype(np.float32)
                 w[k] = w[k] - v[k]
-            return out | {"masks": dict(m), "activations": [h0, a1, r1, a2, r2, z], "loss": loss, "grads": g,
-                          "params": dict(w)}
+            return out | {
+                "masks": dict(m),
+                "activations": [h0, a1, r1, a2, r2, z],
+                "loss": loss,
+                "grads": g,
+                "params": dict(w),
+            }
 
         return step
 
@@ -103,8 +113,9 @@ def test_a_candidate_without_momentum_fails_at_step_1_with_the_step_and_tensor_n
 def test_dns_replay_takes_the_draws_and_a_no_splice_candidate_fails_where_the_golden_first_splices():
     assert testing.check_candidate(DNS, numpy_lenet300()).ok
     with h5py.File(DNS) as f:
-        first_splice = next(t for t in range(int(f.attrs["steps"]))
-                            if f[f"steps/{t:04d}/surgery/spliced"][()].sum() > 0)
+        first_splice = next(
+            t for t in range(int(f.attrs["steps"])) if f[f"steps/{t:04d}/surgery/spliced"][()].sum() > 0
+        )
     report = testing.check_candidate(DNS, numpy_lenet300(splice=False))
     assert report.divergence[0] == first_splice and report.divergence[1].startswith("masks/")
 

@@ -62,7 +62,9 @@ def test_json_for_ci(nudged, tmp_path, capsys):
     bad = [t for t in r["tensors"] if not t["ok"]]
     assert [t["name"] for t in bad] == ["activations/01_dense_ip1"] and bad[0]["first_bad_step"] == 1
     assert len(bad[0]["first_bad_index"]) == 2
-    assert cli.main(["verify", str(GOLDEN), str(GOLDEN), "--json", str(out), "--force", "--only", "init"]) == 0
+    assert (
+        cli.main(["verify", str(GOLDEN), str(GOLDEN), "--json", str(out), "--force", "--only", "init"]) == 0
+    )
     r = json.loads(out.read_text())
     assert r["ok"] and r["only"] == ["init"] and all(t["name"].startswith("init/") for t in r["tensors"])
 
@@ -76,7 +78,10 @@ def test_tolerance_is_validated():
 def test_non_finite_golden_values_must_be_matched_exactly():
     inf, nan = np.inf, np.nan
     tol = golden.TOLERANCES["float64"]
-    assert golden.compare_arrays(np.array([inf, -inf, nan, 1.0]), np.array([inf, -inf, nan, 1.0]), tol)[2] is None
+    assert (
+        golden.compare_arrays(np.array([inf, -inf, nan, 1.0]), np.array([inf, -inf, nan, 1.0]), tol)[2]
+        is None
+    )
     max_abs, max_rel, bad = golden.compare_arrays(np.array([1.0, inf]), np.array([1.0, 1e300]), tol)
     assert bad == 1 and max_abs == inf and max_rel == inf
     assert golden.compare_arrays(np.array([1.0, 2.0]), np.array([1.0, nan]), tol)[2] == 1

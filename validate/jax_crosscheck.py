@@ -44,9 +44,17 @@ def forward(net, w, x):
         if kind == "dense":
             h = h @ w[name + ".weight"].T + w[name + ".bias"]
         elif kind == "conv":
-            h = lax.conv_general_dilated(h, w[name + ".weight"], (1, 1), "VALID",
-                                         dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                                         precision=lax.Precision.HIGHEST) + w[name + ".bias"][None, :, None, None]
+            h = (
+                lax.conv_general_dilated(
+                    h,
+                    w[name + ".weight"],
+                    (1, 1),
+                    "VALID",
+                    dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                    precision=lax.Precision.HIGHEST,
+                )
+                + w[name + ".bias"][None, :, None, None]
+            )
         elif kind == "pool":
             h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
         elif kind == "relu":
@@ -81,8 +89,12 @@ def candidate(wrong=None):
         def dns_surgery(inp):
             if not th:
                 for n in layers:
-                    v = jnp.concatenate([(w[n + ".weight"] * m[n + ".weight"]).ravel(),
-                                         (w[n + ".bias"] * m[n + ".bias"]).ravel()]).astype(jnp.float64)
+                    v = jnp.concatenate(
+                        [
+                            (w[n + ".weight"] * m[n + ".weight"]).ravel(),
+                            (w[n + ".bias"] * m[n + ".bias"]).ravel(),
+                        ]
+                    ).astype(jnp.float64)
                     v = jnp.abs(v[v != 0])
                     mu = float(jnp.mean(v))
                     if wrong == "ddof1":
@@ -114,9 +126,11 @@ def candidate(wrong=None):
                     if wrong == "han-momentum":
                         w[k] = w[k] * m[k]
                 han["round"] = r
-            return {"han/round": np.int64(han["round"]),
-                    "han/std": [han["std"].get(n, math.nan) for n in layers],
-                    "han/threshold": [han["threshold"].get(n, math.nan) for n in layers]}
+            return {
+                "han/round": np.int64(han["round"]),
+                "han/std": [han["std"].get(n, math.nan) for n in layers],
+                "han/threshold": [han["threshold"].get(n, math.nan) for n in layers],
+            }
 
         def step(inp):
             out = {}
@@ -140,10 +154,14 @@ def candidate(wrong=None):
                 if hold_at_zero and wrong != "han-momentum":
                     vel[k] = vel[k] * m[k]
                     w[k] = w[k] * m[k]
-            return out | {"lr": lr, "masks": {k: np.asarray(v) for k, v in m.items()},
-                          "activations": [np.asarray(o) for o in outs], "loss": float(loss),
-                          "grads": {k: np.asarray(g) for k, g in grads.items()},
-                          "params": {k: np.asarray(v) for k, v in w.items()}}
+            return out | {
+                "lr": lr,
+                "masks": {k: np.asarray(v) for k, v in m.items()},
+                "activations": [np.asarray(o) for o in outs],
+                "loss": float(loss),
+                "grads": {k: np.asarray(g) for k, g in grads.items()},
+                "params": {k: np.asarray(v) for k, v in w.items()},
+            }
 
         return step
 
@@ -152,19 +170,26 @@ def candidate(wrong=None):
 
 def replay_table(rows, quick):
     """validate/results/replay_table.md: method x framework x variant, pass or the step it diverges at."""
-    lines = ["# Replays of the goldens by independent implementations", "",
-             f"`python validate/jax_crosscheck.py{' --quick' if quick else ''}` (PyTorch rows from "
-             "validate/torch_crosscheck.py's candidate, run by the same driver). Each cell: the verdict of "
-             "`refdns verify` on the candidate trace, and whether it is the expected one (correct replays must "
-             "pass; each wrong variant must diverge at the step the golden's own record predicts).", "",
-             "| golden | method | framework | variant | result | expected | first diverging tensor | as expected |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Replays of the goldens by independent implementations",
+        "",
+        f"`python validate/jax_crosscheck.py{' --quick' if quick else ''}` (PyTorch rows from "
+        "validate/torch_crosscheck.py's candidate, run by the same driver). Each cell: the verdict of "
+        "`refdns verify` on the candidate trace, and whether it is the expected one (correct replays must "
+        "pass; each wrong variant must diverge at the step the golden's own record predicts).",
+        "",
+        "| golden | method | framework | variant | result | expected | first diverging tensor "
+        "| as expected |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         got = "pass" if r["diverges_at"] is None else f"diverges at step {r['diverges_at']}"
         want = "pass" if r["variant"] == "correct" else f"step {r['expected']}"
         method = r["golden"].removesuffix(".h5").split("-")[-1]
-        lines.append(f"| {r['golden']} | {method} | {r['framework']} | {r['variant']} | {got} | {want} | "
-                     f"{r['tensor'] or ''} | {'yes' if r['ok'] else 'NO'} |")
+        lines.append(
+            f"| {r['golden']} | {method} | {r['framework']} | {r['variant']} | {got} | {want} | "
+            f"{r['tensor'] or ''} | {'yes' if r['ok'] else 'NO'} |"
+        )
     tc.RESULTS.mkdir(parents=True, exist_ok=True)
     (tc.RESULTS / f"replay_table{'-quick' if quick else ''}.md").write_text("\n".join(lines) + "\n")
 
@@ -178,9 +203,12 @@ def main(argv=None):
         print('jax_crosscheck: SKIPPED: JAX is not installed. It is optional: pip install "jax[cpu]"')
         return 0
     rows = tc.run_all(args.quick, "jax", candidate)
-    tc.write_results(rows, "jax_crosscheck" + ("-quick" if args.quick else ""),
-                     f"# JAX replay of the goldens\n\n`python validate/jax_crosscheck.py"
-                     f"{' --quick' if args.quick else ''}`, JAX {jax.__version__}, through refdns.testing.")
+    tc.write_results(
+        rows,
+        "jax_crosscheck" + ("-quick" if args.quick else ""),
+        f"# JAX replay of the goldens\n\n`python validate/jax_crosscheck.py"
+        f"{' --quick' if args.quick else ''}`, JAX {jax.__version__}, through refdns.testing.",
+    )
     if tc.torch is not None and not args.no_torch:
         tc.torch.set_num_threads(1)
         rows += tc.run_all(args.quick, "pytorch", tc.candidate)

@@ -41,8 +41,8 @@ GOLDENS = [
             ("obd", 3),
         )
     ],
-    # the layer-wise OBS surgeon takes ~7 s on LeNet-300-100 with a 1-image Hessian batch; on LeNet-5 (800 live
-    # ip1 inputs on any batch, 500 rows) it takes minutes, too long for a golden a test regenerates
+    # the layer-wise OBS surgeon takes ~7 s on LeNet-300-100 with a 1-image Hessian batch; on LeNet-5
+    # (800 live ip1 inputs on any batch, 500 rows) it takes minutes, too long for a golden a test regenerates
     ("lenet-300-100", "obs", 3),
 ]
 

@@ -1,9 +1,10 @@
 """Cross-check refdns against an independent PyTorch implementation, through the golden traces.
 
-The worked example of :mod:`refdns.testing`: :func:`candidate` below is a replay candidate (``candidate(start)
--> step(inp) -> dict``) written in PyTorch from the papers and the Caffe code, with no refdns code: autograd for
-the gradients, Caffe's SGD, DNS's surgery (Caffe reading) and Han's rounds. ``refdns.testing.check_candidate``
-feeds it each golden step (batch, DNS's Bernoulli outcomes) and ``refdns verify`` compares what it returns.
+The worked example of :mod:`refdns.testing`: :func:`candidate` below is a replay candidate
+(``candidate(start) -> step(inp) -> dict``) written in PyTorch from the papers and the Caffe code, with no
+refdns code: autograd for the gradients, Caffe's SGD, DNS's surgery (Caffe reading) and Han's rounds.
+``refdns.testing.check_candidate`` feeds it each golden step (batch, DNS's Bernoulli outcomes) and
+``refdns verify`` compares what it returns.
 Then deliberately wrong variants must be caught at the step the golden's own record predicts:
 
 * ``masked-grad`` (DNS): pruned weights get no dL/d(W*T) (Han's rule instead of DNS eq. (2));
@@ -16,7 +17,7 @@ Then deliberately wrong variants must be caught at the step the golden's own rec
 
 Usage::
 
-    python validate/torch_crosscheck.py          # dense, DNS and Han goldens of both LeNets; table in results/
+    python validate/torch_crosscheck.py          # dense, DNS and Han goldens of both LeNets (results/)
     python validate/torch_crosscheck.py --quick    # only lenet-300-100
     python validate/torch_crosscheck.py GOLDEN.h5 -o CANDIDATE.h5 [--wrong VARIANT]
 
@@ -53,15 +54,30 @@ except ImportError:  # the message is printed by main()
 
 # Caffe's models, as (kind, layer name) ops; names follow the trace's "activations" attribute.
 NETS = {
-    "lenet-300-100": [("flatten", ""), ("dense", "ip1"), ("relu", ""), ("dense", "ip2"), ("relu", ""),
-                      ("dense", "ip3")],
-    "lenet-5": [("conv", "conv1"), ("pool", ""), ("conv", "conv2"), ("pool", ""), ("flatten", ""),
-                ("dense", "ip1"), ("relu", ""), ("dense", "ip2")],
+    "lenet-300-100": [
+        ("flatten", ""),
+        ("dense", "ip1"),
+        ("relu", ""),
+        ("dense", "ip2"),
+        ("relu", ""),
+        ("dense", "ip3"),
+    ],
+    "lenet-5": [
+        ("conv", "conv1"),
+        ("pool", ""),
+        ("conv", "conv2"),
+        ("pool", ""),
+        ("flatten", ""),
+        ("dense", "ip1"),
+        ("relu", ""),
+        ("dense", "ip2"),
+    ],
 }
 
 
 def forward(net, w, x):
-    """Logits and every op's output; ``w`` maps '<layer>.weight' / '<layer>.bias' to tensors (Caffe layouts)."""
+    """Logits and every op's output; ``w`` maps '<layer>.weight' / '<layer>.bias' to tensors (Caffe
+    layouts)."""
     outs, h = [], x
     for kind, name in NETS[net]:
         if kind == "dense":
@@ -117,9 +133,15 @@ def candidate(wrong=None):
         def dns_surgery(inp):
             if not th:  # once, from the weights at the first surgery iteration
                 for n in layers:
-                    th[n] = dns_thresholds(w[n + ".weight"], w[n + ".bias"], m[n + ".weight"], m[n + ".bias"],
-                                           mcfg["layers"][n]["c_rate"], mcfg["band"],
-                                           ddof=1 if wrong == "ddof1" else 0)
+                    th[n] = dns_thresholds(
+                        w[n + ".weight"],
+                        w[n + ".bias"],
+                        m[n + ".weight"],
+                        m[n + ".bias"],
+                        mcfg["layers"][n]["c_rate"],
+                        mcfg["band"],
+                        ddof=1 if wrong == "ddof1" else 0,
+                    )
             for i, n in enumerate(layers):
                 if inp.fired[i]:
                     for k in (n + ".weight", n + ".bias"):
@@ -143,9 +165,11 @@ def candidate(wrong=None):
                     if wrong == "han-momentum":
                         w[k] = w[k] * m[k]  # zeroed once, when pruned (as torch.nn.utils.prune.remove would)
                 han["round"] = r
-            return {"han/round": np.int64(han["round"]),
-                    "han/std": [han["std"].get(n, math.nan) for n in layers],
-                    "han/threshold": [han["threshold"].get(n, math.nan) for n in layers]}
+            return {
+                "han/round": np.int64(han["round"]),
+                "han/std": [han["std"].get(n, math.nan) for n in layers],
+                "han/threshold": [han["threshold"].get(n, math.nan) for n in layers],
+            }
 
         def step(inp):
             out = {}
@@ -175,9 +199,14 @@ def candidate(wrong=None):
                     if hold_at_zero and wrong != "han-momentum":
                         vel[k] = vel[k] * m[k]
                         w[k] = w[k] * m[k]
-            return out | {"lr": lr, "masks": {k: v.numpy().copy() for k, v in m.items()},
-                          "activations": [o.detach().numpy() for o in outs], "loss": loss.item(),
-                          "grads": grads, "params": {k: v.numpy().copy() for k, v in w.items()}}
+            return out | {
+                "lr": lr,
+                "masks": {k: v.numpy().copy() for k, v in m.items()},
+                "activations": [o.detach().numpy() for o in outs],
+                "loss": loss.item(),
+                "grads": grads,
+                "params": {k: v.numpy().copy() for k, v in w.items()},
+            }
 
         return step
 
@@ -204,15 +233,26 @@ def expected_step(golden, wrong):
 def run(golden, wrong=None, out=None, framework="pytorch", make=None):
     """Replay one golden (one variant); returns a result row for the table."""
     t0 = time.perf_counter()
-    report = check_candidate(golden, (make or candidate)(wrong), out, producer=f"validate {framework} replay"
-                             + (f", WRONG variant {wrong}" if wrong else ""))
+    report = check_candidate(
+        golden,
+        (make or candidate)(wrong),
+        out,
+        producer=f"validate {framework} replay" + (f", WRONG variant {wrong}" if wrong else ""),
+    )
     div = None if report.ok else report.divergence
     want = None if wrong is None else expected_step(golden, wrong)
     ok = report.ok if wrong is None else (div is not None and div[0] == want)
-    return {"golden": Path(golden).name, "framework": framework, "variant": wrong or "correct",
-            "diverges_at": None if div is None else div[0], "tensor": None if div is None else div[1],
-            "expected": want, "ok": ok, "seconds": round(time.perf_counter() - t0, 2),
-            "report": format_report(report)}
+    return {
+        "golden": Path(golden).name,
+        "framework": framework,
+        "variant": wrong or "correct",
+        "diverges_at": None if div is None else div[0],
+        "tensor": None if div is None else div[1],
+        "expected": want,
+        "ok": ok,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "report": format_report(report),
+    }
 
 
 def goldens(quick):
@@ -227,25 +267,40 @@ def run_all(quick, framework, make, variants=WRONG):
         for wrong in [None] + [v for v, meth in variants.items() if meth == method]:
             row = run(golden, wrong, framework=framework, make=make)
             rows.append(row)
-            print(f"{framework:8s} {golden.name:28s} {row['variant']:13s} "
-                  f"{'pass' if row['diverges_at'] is None else 'diverges at step ' + str(row['diverges_at'])}"
-                  f" (expected {row['expected'] if wrong else 'pass'}): {'ok' if row['ok'] else 'UNEXPECTED'}")
+            print(
+                f"{framework:8s} {golden.name:28s} {row['variant']:13s} "
+                f"{'pass' if row['diverges_at'] is None else 'diverges at step ' + str(row['diverges_at'])}"
+                f" (expected {row['expected'] if wrong else 'pass'}): {'ok' if row['ok'] else 'UNEXPECTED'}"
+            )
     return rows
 
 
 def write_results(rows, name, header):
     RESULTS.mkdir(parents=True, exist_ok=True)
-    md = [header, "", "| golden | variant | result | expected | first diverging tensor | as expected |",
-          "|---|---|---|---|---|---|"]
+    md = [
+        header,
+        "",
+        "| golden | variant | result | expected | first diverging tensor | as expected |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         got = "pass" if r["diverges_at"] is None else f"diverges at step {r['diverges_at']}"
         want = "pass" if r["variant"] == "correct" else f"step {r['expected']}"
-        md.append(f"| {r['golden']} | {r['variant']} | {got} | {want} | {r['tensor'] or ''} | "
-                  f"{'yes' if r['ok'] else 'NO'} |")
+        md.append(
+            f"| {r['golden']} | {r['variant']} | {got} | {want} | {r['tensor'] or ''} | "
+            f"{'yes' if r['ok'] else 'NO'} |"
+        )
     (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
-    (RESULTS / f"{name}.json").write_text(json.dumps(
-        {"ok": all(r["ok"] for r in rows), "results": [{k: v for k, v in r.items() if k != "report"} for r in rows]},
-        indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "ok": all(r["ok"] for r in rows),
+                "results": [{k: v for k, v in r.items() if k != "report"} for r in rows],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def main(argv=None):
@@ -256,8 +311,10 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="only lenet-300-100")
     args = ap.parse_args(argv)
     if torch is None:
-        print("torch_crosscheck: SKIPPED: PyTorch is not installed. It is optional; to run this cross-check: "
-              "pip install torch==2.13.0")
+        print(
+            "torch_crosscheck: SKIPPED: PyTorch is not installed. It is optional; to run this cross-check: "
+            "pip install torch==2.13.0"
+        )
         return 0
     torch.set_num_threads(1)
     if args.golden:
@@ -265,9 +322,12 @@ def main(argv=None):
         print(row["report"])
         return 0 if row["ok"] else 1
     rows = run_all(args.quick, "pytorch", candidate)
-    write_results(rows, "torch_crosscheck" + ("-quick" if args.quick else ""),
-                  f"# PyTorch replay of the goldens\n\n`python validate/torch_crosscheck.py"
-                  f"{' --quick' if args.quick else ''}`, PyTorch {torch.__version__}, through refdns.testing.")
+    write_results(
+        rows,
+        "torch_crosscheck" + ("-quick" if args.quick else ""),
+        f"# PyTorch replay of the goldens\n\n`python validate/torch_crosscheck.py"
+        f"{' --quick' if args.quick else ''}`, PyTorch {torch.__version__}, through refdns.testing.",
+    )
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -261,6 +261,7 @@ class Han(PruningMethod):
         out = {"han/round": np.array(int(state["round"]), dtype=np.int64)}
         for k in ("std", "threshold"):
             out[f"han/{k}"] = np.array(
-                [float(state[f"{n}.{k}"]) if f"{n}.{k}" in state else math.nan for n in layers], dtype=np.float64
+                [float(state[f"{n}.{k}"]) if f"{n}.{k}" in state else math.nan for n in layers],
+                dtype=np.float64,
             )
         return out | surgery_trace(layers, records)

@@ -259,8 +259,10 @@ class Magnitude(PruningMethod):
         layers = list(spec.layer_names)
         out = surgery_trace(layers, records)
         if records and f"before.params.{layers[0]}.weight" in state:
-            params = {k[len("before.params."):]: v for k, v in state.items() if k.startswith("before.params.")}
-            masks = {k[len("before.masks."):]: v for k, v in state.items() if k.startswith("before.masks.")}
+            params = {k.removeprefix("before.params."): v for k, v in state.items()
+                      if k.startswith("before.params.")}
+            masks = {k.removeprefix("before.masks."): v for k, v in state.items()
+                     if k.startswith("before.masks.")}
             new = self.prune(params, masks)
             th = []
             for n in layers:

@@ -129,7 +129,8 @@ class OBD(OneShotOnData):
         """The step's pruning per layer and, at the prune step, what it was chosen from: the Hessian batch
         (``hessian/inputs``, ``hessian/labels``, whole: a replay needs them), each weight's ``h_diag`` and
         saliency ``s_k = h_kk w_k^2 / 2`` (float64) and the flat indices of the weights it removed
-        (``obd/pruned/<layer>``, int64, ascending). The weights are the golden writer's ``before.params.*``."""
+        (``obd/pruned/<layer>``, int64, ascending). The weights are the golden writer's
+        ``before.params.*``."""
         layers = list(spec.layer_names)
         out = surgery_trace(layers, records)
         if not records or f"before.params.{layers[0]}.weight" not in state:

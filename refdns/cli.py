@@ -24,6 +24,7 @@ import numpy as np
 from refdns import __version__, checkpoint
 from refdns.atomic import check_inputs, check_outputs, write_text
 from refdns.errors import ConfigError, RefdnsError
+from refdns.golden import GOLDEN_METHODS
 from refdns.nets import NETS, get_spec
 from refdns.optim import learning_rate
 from refdns.pipeline import (
@@ -122,6 +123,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{value} must be a finite number > 0")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
     return value
 
 
@@ -564,53 +575,107 @@ def cmd_golden(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from refdns.golden import format_report, verify
+    from refdns.golden import TOLERANCES, format_report, verify
 
     check_inputs({"golden": args.golden, "candidate": args.candidate})
     check_outputs({"--json": args.json}, inputs={"golden": args.golden, "candidate": args.candidate},
                   force=args.force)
-    report = verify(args.golden, args.candidate)
+    tolerances = {k: t.widened(args.rtol, args.atol) for k, t in TOLERANCES.items()}
+    report = verify(args.golden, args.candidate, tolerances, only=args.only)
     print(format_report(report))
     if args.json:
-        write_json(args.json, {"ok": report.ok, "golden": report.golden, "candidate": report.candidate,
-                               "divergence": None if report.ok else {"step": report.divergence[0],
-                                                                     "tensor": report.divergence[1]},
-                               "tensors": [dataclasses.asdict(r) for r in report.tensors]})
+        write_json(args.json, report.to_dict())
     return 0 if report.ok else 1
 
 
 def cmd_import(args) -> int:
-    from refdns.interchange import read_npz
+    from refdns.interchange import read_weights
     from refdns.run import TrainConfig, new_run
 
-    check_inputs({"npz": args.npz})
-    check_outputs({"--out": args.out}, inputs={"npz": args.npz}, force=args.force)
+    check_inputs({"weights": args.weights})
+    check_outputs({"--out": args.out}, inputs={"weights": args.weights}, force=args.force)
     spec = get_spec(args.net)
-    params = read_npz(args.npz, spec)
-    masks = {k: w != 0 for k, w in params.items()} if args.mask_from_zeros else None
     if args.batch_size > args.n_train:
         raise ConfigError(f"--batch-size {args.batch_size} is larger than --n-train {args.n_train}")
+    found = read_weights(args.weights, spec)  # the format is read from the file's content, not its suffix
+    masks, source = found.masks, f"masks from the file ({found.layout})"
+    if masks is None:
+        masks = {k: w != 0 for k, w in found.params.items()} if args.mask_from_zeros else None
+        source = "mask from the zero pattern" if args.mask_from_zeros else "all-ones masks"
     state = new_run(spec, args.n_train, TrainConfig(batch_size=args.batch_size), seed=args.seed,
-                    params=params, masks=masks)
-    config = {"net": spec.name, "seed": args.seed, "imported_from": str(args.npz),
-              "mask_from_zeros": bool(args.mask_from_zeros)}
+                    params=found.params, masks=masks)
+    config = {"net": spec.name, "seed": args.seed, "imported_from": str(args.weights),
+              "format": found.format, "layout": found.layout, "mask_from_zeros": bool(args.mask_from_zeros)}
     checkpoint.save(args.out, state, method="import", config=config)
     kept = sum(int(np.count_nonzero(m)) for m in state.masks.values())
-    print(f"imported {args.npz} into {args.out}: {spec.name}, {kept:,} of {spec.n_params():,} parameters kept"
-          + (" (mask from the zero pattern)" if args.mask_from_zeros else ""))
+    print(f"imported {args.weights} ({found.format}, {found.layout}) into {args.out}: {spec.name}, "
+          f"{kept:,} of {spec.n_params():,} parameters kept ({source})")
     return 0
 
 
 def cmd_export(args) -> int:
-    from refdns.interchange import write_npz
+    from refdns.interchange import write_npz, write_safetensors
     from refdns.run import effective_params
 
     check_inputs({"checkpoint": args.checkpoint})
     check_outputs({"--out": args.out}, inputs={"checkpoint": args.checkpoint}, force=args.force)
+    fmt = args.format or ("safetensors" if str(args.out).endswith(".safetensors") else "npz")
+    if args.torch_prune and fmt != "safetensors":
+        raise ConfigError("--torch-prune writes torch.nn.utils.prune's layout, a safetensors layout: add "
+                          "--format safetensors")
     st = checkpoint.load(args.checkpoint).state
-    write_npz(args.out, st.params if args.raw else effective_params(st.params, st.masks))
-    what = "raw W (pruned entries keep their values)" if args.raw else "W * mask (pruned entries are 0)"
-    print(f"exported {args.checkpoint} ({st.spec.name}) to {args.out}: {what}")
+    params = st.params if args.raw or args.torch_prune else effective_params(st.params, st.masks)
+    if fmt == "npz":
+        write_npz(args.out, params)
+    else:
+        layout = "torch-prune" if args.torch_prune else "plain"
+        meta = {"producer": f"refdns {__version__}", "net": st.spec.name, "layout": layout}
+        write_safetensors(args.out, params, st.masks if args.torch_prune else None, metadata=meta)
+    what = ("W as <layer>.weight_orig and T as <layer>.weight_mask (torch.nn.utils.prune)" if args.torch_prune
+            else "raw W (pruned entries keep their values)" if args.raw
+            else "W * mask (pruned entries are 0)")
+    print(f"exported {args.checkpoint} ({st.spec.name}) to {args.out} ({fmt}): {what}")
+    return 0
+
+
+def _weights_and_masks(path: str, net: str | None, option: str):
+    """(spec, params, masks) of a checkpoint or a weight file; a weight file without masks gets the non-zero
+    pattern of its weights (an exported ``W * T`` is its mask)."""
+    from refdns.interchange import detect_format, read_weights
+
+    if detect_format(path) == "hdf5":
+        st = checkpoint.load(path).state
+        return st.spec, st.params, st.masks
+    if net is None:
+        raise ConfigError(f"{option} {path} is a weight file: name its net with --net")
+    spec = get_spec(net)
+    found = read_weights(path, spec)
+    masks = found.masks if found.masks is not None else {k: w != 0 for k, w in found.params.items()}
+    return spec, found.params, masks
+
+
+def cmd_diff(args) -> int:
+    from refdns.interchange import diff_weights
+
+    check_inputs({"A": args.a, "B": args.b})
+    check_outputs({"--json": args.json}, inputs={"A": args.a, "B": args.b}, force=args.force)
+    spec_a, pa, ma = _weights_and_masks(args.a, args.net, "A")
+    spec_b, pb, mb = _weights_and_masks(args.b, args.net, "B")
+    if spec_a.name != spec_b.name:
+        raise ConfigError(f"A is a {spec_a.name}, B a {spec_b.name}: nothing to compare")
+    rows = diff_weights(pa, ma, pb, mb)
+    print(f"A {args.a}\nB {args.b}\n")
+    print("| parameter | entries | kept A | kept B | kept by both | mask agreement | Jaccard "
+          "| max abs W*T diff | rel L2 diff |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r.key} | {r.size:,} | {r.kept_a:,} | {r.kept_b:,} | {r.both:,} | {r.agreement:.6f} | "
+              f"{r.jaccard:.6f} | {r.max_abs:.3e} | {r.rel_l2:.3e} |")
+    same = all(r.agreement == 1.0 and r.max_abs == 0.0 for r in rows)
+    print("\n" + ("identical masks and effective weights" if same else "they differ"))
+    if args.json:
+        write_json(args.json, {"a": str(args.a), "b": str(args.b), "net": spec_a.name, "identical": same,
+                               "params": [dataclasses.asdict(r) for r in rows]})
     return 0
 
 
@@ -870,7 +935,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("golden", cmd_golden, "write a golden step trace (HDF5) for checking another implementation")
     p.add_argument("--net", required=True, choices=nets, help="the network (Caffe layer names and layouts)")
-    p.add_argument("--method", default="dns", choices=["dense", "dns"], help="what the traced steps run")
+    p.add_argument("--method", default="dns", choices=list(GOLDEN_METHODS),
+                   help="what the traced steps run, with the golden settings of refdns/golden.py")
     p.add_argument("--steps", type=POSITIVE, default=5, help="training steps to trace")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="trace file to write (HDF5)")
     p.add_argument("--seed", type=NATURAL, default=0, help="seeds init, batch order and mask draws")
@@ -883,23 +949,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("verify", cmd_verify, "compare a candidate trace with a golden one, tensor by tensor")
     p.add_argument("golden", help="the golden trace (refdns golden)")
     p.add_argument("candidate", help="the trace of the implementation being checked")
-    _output_args(p, json_help="also write the comparison as JSON")
+    p.add_argument("--rtol", type=_tolerance, default=None,
+                   help="relative tolerance for every floating tensor (unset: per dtype, float32 1e-4, "
+                   "float64 1e-9)")
+    p.add_argument("--atol", type=_tolerance, default=None,
+                   help="absolute tolerance, times max(1, max|golden|), for every floating tensor (unset: "
+                   "per dtype, float32 1e-5, float64 1e-12)")
+    p.add_argument("--only", action="append", metavar="GROUP",
+                   help="compare only this group of tensors (repeatable): masks, grads, grads/ip1, params, "
+                   "activations, thresholds, surgery, init, ...")
+    _output_args(p, json_help="also write the comparison as JSON (exit status 1 still means 'differ')")
 
-    p = command("import", cmd_import, "make a checkpoint from an .npz weight file (<layer>.weight/.bias)")
-    p.add_argument("npz", help=".npz file with <layer>.weight and <layer>.bias arrays in Caffe layouts")
+    p = command("import", cmd_import, "make a checkpoint from a weight file: .npz, safetensors (plain or "
+                "torch.nn.utils.prune's weight_orig/weight_mask) or .caffemodel, recognised by content")
+    p.add_argument("weights", help="weight file with <layer>.weight and <layer>.bias in Caffe layouts")
     p.add_argument("--net", required=True, choices=nets, help="the network (Caffe layer names and layouts)")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="checkpoint to write")
-    p.add_argument("--mask-from-zeros", action="store_true", help="mask = the non-zero pattern of the weights")
+    p.add_argument("--mask-from-zeros", action="store_true",
+                   help="mask = the non-zero pattern of the weights, for a file without masks (torch.prune "
+                   "masks and Caffe DNS mask blobs are always used)")
     p.add_argument("--seed", type=NATURAL, default=0, help="seeds the batch order and mask draws of a later run")
     p.add_argument("--batch-size", type=POSITIVE, default=64, help="batch size the batch order is drawn for")
     p.add_argument("--n-train", type=POSITIVE, default=60_000, help="training-set size the batch order is drawn for")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
 
-    p = command("export", cmd_export, "write a checkpoint's weights as an .npz file (<layer>.weight/.bias)")
+    p = command("export", cmd_export,
+                "write a checkpoint's weights as .npz or safetensors (<layer>.weight/.bias)")
     p.add_argument("checkpoint", help="HDF5 checkpoint")
-    p.add_argument("-o", "--out", required=True, metavar="FILE", help=".npz file to write")
+    p.add_argument("-o", "--out", required=True, metavar="FILE", help="weight file to write")
+    p.add_argument("--format", choices=["npz", "safetensors"], default=None,
+                   help="file format (unset: safetensors for a .safetensors name, else npz)")
     p.add_argument("--raw", action="store_true", help="export W itself instead of W * mask")
+    p.add_argument("--torch-prune", action="store_true", help="safetensors in torch.nn.utils.prune's layout: "
+                   "<layer>.weight_orig (raw W) and <layer>.weight_mask (T), likewise for biases")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+
+    p = command("diff", cmd_diff, "compare two pruned nets: per-parameter mask agreement, Jaccard index of "
+                "the kept sets and the differences of W * mask")
+    p.add_argument("a", metavar="A", help="checkpoint or weight file (.npz, safetensors, .caffemodel)")
+    p.add_argument("b", metavar="B", help="checkpoint or weight file")
+    p.add_argument("--net", choices=nets, help="the net of a weight file (checkpoints name their own)")
+    _output_args(p, json_help="also write the per-parameter figures as JSON")
 
     p = command("eval", cmd_eval, "test error and per-layer kept counts of a checkpoint")
     p.add_argument("checkpoint", help="HDF5 checkpoint")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,19 @@ import numpy as np
 
 from refdns import __version__
 from refdns.atomic import atomic_path
+from refdns.checkpoint import HDF5_SIGNATURE, SEAL_MAGIC, USERBLOCK, _check_seal, seal
 from refdns.config import to_dict
-from refdns.errors import TraceError
+from refdns.errors import CheckpointError, TraceError
 from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec
 from refdns.optim import SGDConfig
 from refdns.prune.base import PruningMethod
 from refdns.prune.dns import DNS, DNSConfig, DNSLayerConfig
+from refdns.prune.han import Han, HanConfig
+from refdns.prune.magnitude import Magnitude, MagnitudeConfig
+from refdns.prune.obd import OBD, OBDConfig
+from refdns.prune.obs import OBS, OBSConfig
+from refdns.prune.random import RandomConfig, RandomPruning
 from refdns.run import TrainConfig, new_run
 from refdns.train import train_step
 
@@ -52,6 +58,25 @@ DEFAULT_SEED = 0
 # near it, and base_lr 0.1 moves them across it: pruning and splicing both happen within 5 steps.
 GOLDEN_DNS_LAYER = DNSLayerConfig(c_rate=-1.5, gamma=0.25, power=1.0, iter_stop=1_000_000)
 GOLDEN_SGD = SGDConfig(base_lr=0.05)
+# Distiller's reading: no clamp and std over all |W|, so c_rate -0.5 gives t ~ 0.36 max|w| on the xavier
+# start; deterministic updates every 2 steps show both an update and a skipped step.
+GOLDEN_DISTILLER_LAYER = DNSLayerConfig(c_rate=-0.5, gamma=0.0, power=1.0, iter_stop=1_000_000)
+# Han: three rounds two steps apart, so a 6-step golden crosses two round boundaries where the masks shrink.
+GOLDEN_HAN = {"quality": 1.2, "rounds": 3, "round_iterations": 2}
+GOLDEN_DENSITY = 0.5  # magnitude (per layer) and random
+GOLDEN_GLOBAL_DENSITY = 0.3  # magnitude, one threshold for the net
+GOLDEN_HESSIAN_SAMPLES = 16  # OBD's curvature batch: the first training images, stored in the trace
+GOLDEN_OBD = {"kept_fraction": 0.5, "at_iteration": 1}  # one dense step first, then the one-shot prune
+# OBS: the layer-wise (OBC) surgeon, the only one that fits these nets; its cost grows with the inputs live on
+# the Hessian batch, so one image (LeNet-300-100 only: LeNet-5's ip1 has 800 live inputs on any batch).
+GOLDEN_OBS = {"kept_fraction": 0.5, "at_iteration": 1, "hessian": "layerwise", "damping": 0.01}
+GOLDEN_OBS_SAMPLES = 1
+
+GOLDEN_METHODS = (
+    "dense", "dns", "dns-distiller", "han", "magnitude", "magnitude-global", "random", "obd", "obs",
+)
+# Per-step tensors every replay needs whole (never sampled): its inputs, and what it takes from the golden.
+WHOLE = ("hessian/", "surgery/")
 
 STEP_ORDER = (
     "inputs",
@@ -74,6 +99,16 @@ class Tolerance:
     rtol: float
     atol: float
 
+    def __post_init__(self):
+        for name in ("rtol", "atol"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name}={v!r} must be a finite number >= 0")
+
+    def widened(self, rtol: float | None = None, atol: float | None = None) -> Tolerance:
+        """This tolerance with ``rtol`` and/or ``atol`` replaced (None keeps the current value)."""
+        return Tolerance(self.rtol if rtol is None else rtol, self.atol if atol is None else atol)
+
 
 # Different summation orders (BLAS, im2col vs direct conv) differ by rounding that grows over the steps;
 # float32 allows ~1000 ulp of the tensor's scale, float64 (thresholds, lr) ~1e5 ulp. Integers are exact.
@@ -83,14 +118,55 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-def golden_method(net: str, method: str) -> PruningMethod:
-    """The pruning method a golden of ``method`` runs: ``dense`` (none) or the golden DNS settings."""
+def golden_method(
+    net: str, method: str, x_train: np.ndarray | None = None, y_train: np.ndarray | None = None
+) -> PruningMethod:
+    """The pruning method a golden of ``method`` (one of :data:`GOLDEN_METHODS`) runs, with golden settings.
+
+    ``x_train``, ``y_train`` are needed by OBD only: its Hessian batch is their first
+    :data:`GOLDEN_HESSIAN_SAMPLES` images.
+    """
     spec = get_spec(net)
+    layers = list(spec.layer_names)
     if method == "dense":
         return PruningMethod()
     if method == "dns":
-        return DNS(DNSConfig(layers={n: GOLDEN_DNS_LAYER for n in spec.layer_names}))
-    raise TraceError(f"method={method!r}: goldens exist for 'dense' and 'dns'")
+        return DNS(DNSConfig(layers={n: GOLDEN_DNS_LAYER for n in layers}))
+    if method == "dns-distiller":
+        return DNS(DNSConfig(layers={n: GOLDEN_DISTILLER_LAYER for n in layers}, reading="distiller",
+                             update_every=2))
+    if method == "han":
+        return Han(HanConfig(quality={n: GOLDEN_HAN["quality"] for n in layers}, rounds=GOLDEN_HAN["rounds"],
+                             round_iterations=GOLDEN_HAN["round_iterations"]))
+    if method == "magnitude":
+        return Magnitude(MagnitudeConfig(densities={n: GOLDEN_DENSITY for n in layers}, retrain_iterations=0))
+    if method == "magnitude-global":
+        return Magnitude(MagnitudeConfig(scope="global", density=GOLDEN_GLOBAL_DENSITY, retrain_iterations=0))
+    if method == "random":
+        densities = {n: GOLDEN_DENSITY for n in layers}
+        return RandomPruning(RandomConfig(densities=densities, retrain_iterations=0))
+    if method == "obd":
+        if x_train is None or y_train is None:
+            raise TraceError("method='obd' needs x_train and y_train (its Hessian batch)")
+        n = GOLDEN_HESSIAN_SAMPLES
+        return OBD(OBDConfig(**GOLDEN_OBD), np.asarray(x_train[:n], dtype=np.float32),
+                   np.asarray(y_train[:n], dtype=np.int64))
+    if method == "obs":
+        if x_train is None or y_train is None:
+            raise TraceError("method='obs' needs x_train and y_train (its Hessian batch)")
+        n = GOLDEN_OBS_SAMPLES
+        return OBS(OBSConfig(**GOLDEN_OBS), np.asarray(x_train[:n], dtype=np.float32),
+                   np.asarray(y_train[:n], dtype=np.int64))
+    raise TraceError(f"method={method!r}: goldens exist for {', '.join(GOLDEN_METHODS)}")
+
+
+def step_context(params: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the golden writer adds to the method state it hands :meth:`PruningMethod.trace_state`: the step's
+    starting weights and masks, as ``before.params.<key>`` and ``before.masks.<key>`` (copies), so that a
+    one-shot method can trace its saliencies and the weights it chose from (OBD) without keeping them itself.
+    Never part of the run's state or its checkpoints."""
+    ctx = {f"before.params.{k}": np.array(v, copy=True) for k, v in params.items()}
+    return ctx | {f"before.masks.{k}": np.array(m, copy=True) for k, m in masks.items()}
 
 
 def _activation_names(spec: NetSpec) -> list[str]:
@@ -105,8 +181,12 @@ def _put(group: h5py.Group, name: str, arr: np.ndarray, *, max_elements: int | N
         stride = math.ceil(arr.size / max_elements)
         attrs = {"full_shape": np.asarray(arr.shape, dtype=np.int64), "sample_stride": stride}
         arr = np.ascontiguousarray(arr.reshape(-1)[::stride])
-    # one chunk per tensor: per-chunk index entries would cost more than the data of the small ones
-    kw = dict(compression="gzip", compression_opts=9, shuffle=True, chunks=arr.shape) if arr.size > 64 else {}
+    # one chunk per tensor: per-chunk index entries would cost more than the data of the small ones. zlib's
+    # level 9 takes seconds on a random-looking 0/1 mask for 5% less than level 6: masks get 6.
+    level = 9 if arr.dtype.kind == "f" else 6
+    kw = {}
+    if arr.size > 64:
+        kw = dict(compression="gzip", compression_opts=level, shuffle=True, chunks=arr.shape)
     ds = group.create_dataset(name, data=arr, **kw)
     for k, v in attrs.items():
         ds.attrs[k] = v
@@ -116,6 +196,20 @@ def _put_params(group: h5py.Group, tensors: dict[str, np.ndarray], dtype, max_el
     for key, arr in tensors.items():
         layer, kind = key.split(".")
         _put(group.require_group(layer), kind, np.asarray(arr, dtype=dtype), max_elements=max_elements)
+
+
+def _put_masks(group: h5py.Group, masks: dict[str, np.ndarray], previous: dict[str, tuple[np.ndarray, Any]]):
+    """Write a step's masks; one equal to the previous step's becomes an HDF5 hard link to that dataset, so
+    a mask held for many steps costs its bytes once (readers see an ordinary dataset under each name)."""
+    for key, m in masks.items():
+        layer, kind = key.split(".")
+        sub = group.require_group(layer)
+        prev = previous.get(key)
+        if prev is not None and np.array_equal(prev[0], m):
+            sub[kind] = prev[1]
+        else:
+            _put(sub, kind, np.asarray(m, dtype=np.uint8))
+            previous[key] = (np.array(m, copy=True), sub[kind])
 
 
 def write_golden(
@@ -136,7 +230,7 @@ def write_golden(
     Parameters
     ----------
     spec : NetSpec
-    method_name : "dense" or "dns"
+    method_name : one of :data:`GOLDEN_METHODS`
     steps : int, >= 1
     x_train : ndarray, shape (N, 1, 28, 28), float32
     y_train : ndarray, shape (N,), int64
@@ -152,7 +246,7 @@ def write_golden(
     """
     if steps < 1:
         raise TraceError(f"steps={steps} must be >= 1")
-    method = golden_method(spec.name, method_name)
+    method = golden_method(spec.name, method_name, x_train, y_train)
     cfg = TrainConfig(iterations=steps, batch_size=batch_size, test_interval=0, sgd=GOLDEN_SGD)
     state = new_run(spec, len(x_train), cfg, seed=seed)
     state.params = {
@@ -179,7 +273,7 @@ def write_golden(
     path = Path(path)
     with atomic_path(path) as tmp:
         # libver v110 (HDF5 >= 1.10): compact groups and single-chunk indexes, a fraction of the metadata
-        with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
+        with h5py.File(tmp, "w", libver=("v110", "latest"), userblock_size=USERBLOCK) as f:
             f.attrs.update(
                 {
                     "format": FORMAT,
@@ -199,18 +293,21 @@ def write_golden(
             init = f.create_group("init")
             _put_params(init.create_group("params"), state.params, np.float32)
             _put_params(init.create_group("masks"), state.masks, np.uint8)
+            last_masks = {k: (np.array(m, copy=True), init[f"masks/{k.replace('.', '/')}"])
+                          for k, m in state.masks.items()}
             _put_params(init.create_group("velocity"), state.velocity, np.float32)
             for t in range(steps):
                 idx = state.data.next_indices()
                 x, y = x_train[idx], y_train[idx]
                 rec: dict[str, Any] = {}
+                before = step_context(state.params, state.masks)
                 loss, lr = train_step(state, x, y, cfg, method, trace=rec)
                 g = f.create_group(f"steps/{t:04d}")
                 g.attrs["iteration"] = t
                 _put(g, "inputs", np.asarray(x, dtype=np.float32))
                 _put(g, "labels", np.asarray(y, dtype=np.int64))
                 _put(g, "lr", np.float64(lr))
-                _put_params(g.create_group("masks"), rec["masks"], np.uint8)
+                _put_masks(g.create_group("masks"), rec["masks"], last_masks)
                 act = g.create_group("activations")
                 for name, out in zip(_activation_names(spec), rec["activations"], strict=True):
                     _put(act, name, out, max_elements=max_elements)
@@ -218,14 +315,26 @@ def write_golden(
                 _put_params(g.create_group("grads"), rec["grads"], np.float32, max_elements)
                 _put_params(g.create_group("params"), state.params, np.float32, max_elements)
                 summary["loss"].append(loss)
-                traced = method.trace_state(spec, state.method_state, rec["records"])
+                traced = method.trace_state(spec, state.method_state | before, rec["records"])
                 for name, arr in traced.items():
-                    _put(g, name, arr)
+                    _put(g, name, arr, max_elements=None if name.startswith(WHOLE) else max_elements)
                 for k in ("fired", "pruned", "spliced"):
                     if f"surgery/{k}" in traced:
                         summary[k].append(traced[f"surgery/{k}"].tolist())
             f.flush()
+        seal(tmp)  # the checkpoints' seal: verify refuses a damaged trace before libhdf5 parses it
     return summary
+
+
+def seal_trace(path: str | os.PathLike) -> None:
+    """(Re)write a trace's seal, the SHA-256 of its HDF5 bytes in the 512-byte user block (as
+    :func:`refdns.checkpoint.seal` does for checkpoints). :func:`write_golden` seals what it writes; call this
+    after deliberately editing a sealed trace with an HDF5 tool, or ``verify`` refuses it as damaged. A trace
+    written without a user block (another implementation's candidate) cannot be sealed and needs not be."""
+    try:
+        seal(path)
+    except CheckpointError as e:
+        raise TraceError(str(e).replace("schema-2 checkpoint", "trace written with a user block")) from None
 
 
 # ----------------------------------------------------------------------------------------------- verify
@@ -257,6 +366,22 @@ class VerifyReport:
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(TOLERANCES))
     tensors: list[TensorResult] = field(default_factory=list)
     divergence: tuple[int, str] | None = None  # (step, tensor) of the first mismatch in run order
+    only: list[str] | None = None  # the groups compared, None for all
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (``refdns verify --json``): non-finite errors stay floats here."""
+        return {
+            "ok": self.ok,
+            "golden": self.golden,
+            "candidate": self.candidate,
+            "only": self.only,
+            "tolerances": {k: {"rtol": v.rtol, "atol": v.atol} for k, v in self.tolerances.items()},
+            "divergence": None if self.ok else {"step": self.divergence[0], "tensor": self.divergence[1]},
+            "tensors": [
+                {f.name: getattr(r, f.name) for f in fields(TensorResult)} | {"ok": r.ok}
+                for r in self.tensors
+            ],
+        }
 
     @property
     def ok(self) -> bool:
@@ -267,6 +392,18 @@ def _open_trace(path: str | os.PathLike, role: str) -> h5py.File:
     path = Path(path)
     if not path.exists():
         raise TraceError(f"{role} trace {path}: no such file")
+    with open(path, "rb") as fh:
+        head = fh.read(len(SEAL_MAGIC))
+    if not (head.startswith(HDF5_SIGNATURE) or head.startswith(SEAL_MAGIC)):
+        raise TraceError(f"{role} trace {path}: not an HDF5 trace (neither a seal nor an HDF5 signature "
+                         "at the start; truncated, damaged or another kind of file)")
+    try:
+        # Before HDF5 sees a byte: libhdf5 can hang on damaged metadata. Unsealed traces (older goldens,
+        # other implementations' candidates) are read as they are.
+        _check_seal(path)
+    except CheckpointError as e:
+        raise TraceError(f"{role} trace {e} (refused before HDF5 reads it; after a deliberate edit call "
+                         "refdns.golden.seal_trace)") from None
     try:
         f = h5py.File(path, "r")
     except Exception as e:
@@ -294,16 +431,21 @@ def _datasets(f: h5py.File) -> list[tuple[int, str, str]]:
     """(step, tensor name, HDF5 path) of every dataset, in run order (init first as step -1)."""
     out = []
 
-    def visit(name, obj):
-        if not isinstance(obj, h5py.Dataset):
-            return
-        parts = name.split("/")
-        if parts[0] == "init":
-            out.append((-1, name, name))
-        elif parts[0] == "steps" and len(parts) > 2:
-            out.append((int(parts[1]), "/".join(parts[2:]), name))
+    def walk(group: h5py.Group, prefix: str) -> None:
+        # by link, not visititems: that visits a hard-linked dataset once, under one of its names only
+        for key in group:
+            name = f"{prefix}{key}"
+            obj = group.get(key, getlink=False)
+            if isinstance(obj, h5py.Group):
+                walk(obj, name + "/")
+                continue
+            parts = name.split("/")
+            if parts[0] == "init":
+                out.append((-1, name, name))
+            elif parts[0] == "steps" and len(parts) > 2:
+                out.append((int(parts[1]), "/".join(parts[2:]), name))
 
-    f.visititems(visit)
+    walk(f, "")
     return sorted(out, key=lambda t: (t[0], _order_key(t[1])))
 
 
@@ -325,19 +467,26 @@ def compare_arrays(g: np.ndarray, c: np.ndarray, tol: Tolerance | None) -> tuple
     """(max abs error, max rel error, first bad flat index or None); ``tol=None`` means exact."""
     g64 = g.astype(np.float64).reshape(-1)
     c64 = c.astype(np.float64).reshape(-1)
-    diff = np.abs(c64 - g64)
-    diff[np.isnan(c64) & np.isnan(g64)] = 0.0
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(c64 - g64)
+    diff[(np.isnan(c64) & np.isnan(g64)) | (c64 == g64)] = 0.0  # equal infinities (OBS's dead inputs) agree
     diff[np.isnan(diff)] = np.inf  # NaN on one side only, or inf - inf
+    finite = np.isfinite(g64)
     if tol is None:
         bound = np.zeros_like(g64)
         floor = 1.0
     else:
-        scale = max(1.0, float(np.max(np.abs(g64)))) if g64.size else 1.0
-        bound = tol.atol * scale + tol.rtol * np.abs(g64)
+        # the scale of the finite values; a non-finite golden value must be matched exactly
+        scale = max(1.0, float(np.max(np.abs(g64[finite])))) if finite.any() else 1.0
+        bound = np.where(finite, tol.atol * scale + tol.rtol * np.abs(np.where(finite, g64, 0.0)), 0.0)
         floor = tol.atol
     bad = np.flatnonzero(~(diff <= bound))
     max_abs = float(diff.max()) if diff.size else 0.0
-    max_rel = float((diff / np.maximum(np.abs(g64), floor)).max()) if diff.size else 0.0
+    with np.errstate(invalid="ignore"):
+        rel = diff / np.maximum(np.abs(g64), floor)
+    rel[diff == 0] = 0.0
+    rel[np.isinf(diff)] = np.inf
+    max_rel = float(np.nanmax(rel)) if diff.size else 0.0
     return max_abs, max_rel, (int(bad[0]) if bad.size else None)
 
 
@@ -362,14 +511,39 @@ def _compare_one(row: TensorResult, step: int, g_ds: h5py.Dataset, c_ds, tol: To
         row.note = f"golden {g.reshape(-1)[bad]:.9g}, candidate {c.reshape(-1)[bad]:.9g}"
 
 
+def tensor_groups(names) -> list[str]:
+    """The groups ``--only`` accepts for these tensor names: each name's first path component (``grads``,
+    ``masks``, ``init``, ...) and its first two (``grads/ip1``, ``init/params``, ``thresholds/a``)."""
+    out = set()
+    for n in names:
+        parts = n.split("/")
+        out.add(parts[0])
+        if len(parts) > 1:
+            out.add("/".join(parts[:2]))
+    return sorted(out)
+
+
+def _selected(name: str, only) -> bool:
+    return only is None or any(name == g or name.startswith(g + "/") for g in only)
+
+
 def verify(
-    golden: str | os.PathLike, candidate: str | os.PathLike, tolerances: dict[str, Tolerance] | None = None
+    golden: str | os.PathLike,
+    candidate: str | os.PathLike,
+    tolerances: dict[str, Tolerance] | None = None,
+    *,
+    only: list[str] | tuple[str, ...] | None = None,
 ) -> VerifyReport:
     """Compare every tensor of ``golden`` with the same tensor of ``candidate``.
 
     Floating tensors use ``tolerances[dtype]`` (default :data:`TOLERANCES`), chosen by the golden's dtype;
     integer tensors (masks, labels, fired flags, counts) must match exactly. A tensor missing from the
     candidate, or of another shape, is a mismatch at its step.
+
+    ``only``, when given, restricts the comparison to the tensors in these groups: a group is a tensor name
+    or a prefix of it ending at a ``/`` (``masks``, ``grads/ip1``, ``init``, ``thresholds/a``); a group that
+    names no tensor of the golden is refused (TraceError listing the groups there are), since a misspelt
+    group would otherwise pass by comparing nothing.
     """
     tolerances = TOLERANCES if tolerances is None else tolerances
     report = VerifyReport(str(golden), str(candidate), dict(tolerances))
@@ -381,8 +555,20 @@ def verify(
                 raise TraceError(
                     f"the traces are of different runs: golden {key}={gv!r}, candidate {key}={cv!r}"
                 )
-        for step, tensor, hpath in _datasets(gf):
+        entries = _datasets(gf)
+        if only is not None:
+            names = {tensor if step >= 0 else hpath for step, tensor, hpath in entries}
+            unknown = [g for g in only if not any(_selected(n, [g]) for n in names)]
+            if unknown or not only:
+                raise TraceError(
+                    f"--only {unknown or only}: no such tensor group in {golden}; groups: "
+                    + ", ".join(tensor_groups(names))
+                )
+            report.only = list(only)
+        for step, tensor, hpath in entries:
             name = tensor if step >= 0 else hpath
+            if not _selected(name, only):
+                continue
             g_ds = gf[hpath]
             kind = g_ds.dtype.name
             tol = tolerances.get(kind) if g_ds.dtype.kind == "f" else None
@@ -428,6 +614,8 @@ def format_report(report: VerifyReport) -> str:
         f"{k}: rtol {v.rtol:g} atol {v.atol:g} (x max(1, max|golden|))" for k, v in report.tolerances.items()
     )
     lines.append(f"tolerances: {tol}; integer tensors exact")
+    if report.only is not None:
+        lines.append(f"compared only: {', '.join(report.only)}")
     if report.ok:
         lines.append(f"PASS: all {len(report.tensors)} tensors agree")
     else:

@@ -34,7 +34,8 @@ def test_committed_goldens_match_a_fresh_run(mnist, tmp_path, net, method, steps
     committed = GOLDEN_DIR / make_goldens.golden_name(net, method)
     assert committed.stat().st_size < make_goldens.MAX_BYTES
     fresh = tmp_path / committed.name
-    golden.write_golden(fresh, get_spec(net), method, steps, mnist[0], mnist[1])
+    options = make_goldens.options(net, method)
+    golden.write_golden(fresh, get_spec(net), method, steps, mnist[0], mnist[1], **options)
     report = golden.verify(committed, fresh)
     # within the named tolerances, not bit-exact: faster kernels may sum in another order
     assert report.ok, golden.format_report(report)
@@ -56,6 +57,7 @@ def _perturbed(tmp_path, fn) -> Path:
     shutil.copy(DNS_300, cand)
     with h5py.File(cand, "r+") as f:
         fn(f)
+    golden.seal_trace(cand)  # a deliberate edit: the content checks must find it, not the seal
     return cand
 
 
@@ -163,7 +165,7 @@ def test_golden_writes_whatever_the_method_traces(mnist, tmp_path, monkeypatch):
     """No method is special to the writer: it stores the tensors trace_state returns, under their names."""
     x, y = mnist[0][:64], mnist[1][:64]
     spec = get_spec("lenet-300-100")
-    monkeypatch.setattr(golden, "golden_method", lambda net, method: _Probe())
+    monkeypatch.setattr(golden, "golden_method", lambda net, method, *data: _Probe())
     summary = golden.write_golden(tmp_path / "probe.h5", spec, "dense", 2, x, y)
     with h5py.File(tmp_path / "probe.h5") as f:
         assert set(f["steps/0000"]) == {"inputs", "labels", "lr", "masks", "activations", "loss", "grads",
@@ -201,16 +203,115 @@ def test_dns_traces_its_thresholds_in_layer_order(rng):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed (optional)")
-def test_pytorch_replay_passes_and_wrong_variant_is_caught_at_the_right_step(tmp_path):
+@pytest.mark.parametrize(("name", "wrong"), [("dns", None), ("dns", "no-splice"), ("dns", "ddof1"),
+                                             ("han", None), ("han", "han-momentum")])
+def test_pytorch_replay_passes_and_wrong_variants_are_caught_at_the_right_step(name, wrong):
     import torch_crosscheck
 
-    cand = tmp_path / "torch.h5"
-    torch_crosscheck.replay(DNS_300, cand)
-    report = golden.verify(DNS_300, cand)
-    assert report.ok, golden.format_report(report)
-    wrong = tmp_path / "wrong.h5"
-    torch_crosscheck.replay(DNS_300, wrong, "no-splice")
-    report = golden.verify(DNS_300, wrong)
-    assert report.divergence is not None
-    assert report.divergence[0] == torch_crosscheck.expected_step(DNS_300, "no-splice") == 1
-    assert report.divergence[1].startswith("masks/")
+    row = torch_crosscheck.run(GOLDEN_DIR / f"lenet-300-100-{name}.h5", wrong)
+    assert row["ok"], row["report"]
+    if wrong == "no-splice":
+        assert row["diverges_at"] == 1 and row["tensor"].startswith("masks/")
+
+
+def _steps(path, name, dtype=None):
+    with h5py.File(path) as f:
+        return [f[f"steps/{t:04d}/{name}"][()] for t in range(int(f.attrs["steps"]))]
+
+
+@pytest.mark.parametrize("net", ["lenet-300-100", "lenet-5"])
+def test_han_golden_crosses_round_boundaries_where_masks_shrink(net):
+    path = GOLDEN_DIR / f"{net}-han.h5"
+    rounds = [int(r) for r in _steps(path, "han/round")]
+    assert rounds[:5] == [1, 1, 2, 2, 3]
+    fired = np.array(_steps(path, "surgery/fired"))
+    assert fired[[0, 2, 4]].all() and not fired[[1, 3]].any()
+    kept = [sum(int(m.sum()) for m in _masks(path, t).values()) for t in range(len(rounds))]
+    assert kept[0] > kept[2] > kept[4] and kept[0] == kept[1]
+    params = _steps(path, "params/ip2/weight")  # sampled; pruned weights are exactly 0 after every step
+    with h5py.File(path) as f:
+        stride = int(f["steps/0000/params/ip2/weight"].attrs["sample_stride"])
+    for t, p in enumerate(params):
+        m = _masks(path, t)["ip2.weight"].reshape(-1)[::stride]
+        assert np.all(p[m == 0] == 0)
+
+
+def _masks(path, t):
+    with h5py.File(path) as f:
+        g = f[f"steps/{t:04d}/masks"]
+        return {f"{n}.{k}": g[n][k][()] for n in g for k in g[n]}
+
+
+@pytest.mark.parametrize(
+    ("method", "density"), [("magnitude", 0.5), ("random", 0.5), ("magnitude-global", 0.3)]
+)
+def test_one_shot_goldens_prune_at_step_0_to_the_density(method, density):
+    path = GOLDEN_DIR / f"lenet-300-100-{method}.h5"
+    spec = get_spec("lenet-300-100")
+    m = _masks(path, 0)
+    w = [m[f"{n}.weight"] for n in spec.layer_names]
+    if method == "magnitude-global":
+        assert sum(int(x.sum()) for x in w) == round(density * sum(x.size for x in w))
+    else:
+        assert all(int(x.sum()) == round(density * x.size) for x in w)
+    assert all(m[f"{n}.bias"].all() for n in spec.layer_names)
+    fired = np.array(_steps(path, "surgery/fired"))
+    assert fired[0].all() and not fired[1:].any()
+    for t in (1, 2):
+        assert all(np.array_equal(m[k], v) for k, v in _masks(path, t).items())
+
+
+@pytest.mark.parametrize(("method", "samples"), [("obd", 16), ("obs", 1)])
+def test_obd_and_obs_goldens_trace_saliencies_and_the_chosen_indices(method, samples):
+    path = GOLDEN_DIR / f"lenet-300-100-{method}.h5"
+    with h5py.File(path) as f:
+        s = f["steps/0001"]
+        assert f"{method}/saliency/ip1" not in f["steps/0000"]
+        assert s["hessian/inputs"].shape == (samples, 1, 28, 28)
+        before, after = _masks(path, 0), _masks(path, 1)
+        removed = 0
+        for n in ("ip1", "ip2", "ip3"):
+            want = np.flatnonzero(before[f"{n}.weight"] & ~after[f"{n}.weight"].astype(bool))
+            got = s[f"{method}/pruned/{n}"]
+            stride = int(got.attrs.get("sample_stride", 1))
+            assert np.array_equal(got[()], want[::stride])
+            removed += want.size
+            assert s[f"{method}/saliency/{n}"].dtype == np.float64
+        if method == "obd":
+            assert removed == round(0.5 * (784 * 300 + 300 * 100 + 100 * 10))
+        else:  # the surgeon moved the survivors: its update is non-zero off the pruned entries
+            upd = s["obs/update/ip2"][()]
+            assert np.count_nonzero(upd) > 0
+
+
+def test_a_golden_with_linked_masks_verifies_against_a_candidate_storing_every_mask(tmp_path):
+    """Unchanged masks are HDF5 hard links in a golden; a candidate that writes each one out still matches,
+    and a flipped bit in a linked step is found at that step (not only where the bytes live)."""
+    src = GOLDEN_DIR / "lenet-300-100-magnitude.h5"
+    cand = tmp_path / "c.h5"
+    with h5py.File(src) as g, h5py.File(cand, "w") as c:
+        for k, v in g.attrs.items():
+            c.attrs[k] = v
+        for _, _, hpath in golden._datasets(g):
+            ds = g[hpath]
+            c.create_dataset(hpath, data=ds[()])
+            for k, v in ds.attrs.items():
+                c[hpath].attrs[k] = v
+    assert golden.verify(src, cand).ok
+    with h5py.File(cand, "r+") as c:
+        arr = c["steps/0002/masks/ip2/weight"][()]
+        arr[0, 0] ^= 1
+        c["steps/0002/masks/ip2/weight"][...] = arr
+    assert golden.verify(src, cand).divergence == (2, "masks/ip2/weight")
+
+
+def test_golden_cli_writes_every_method(tmp_path, mnist):
+    from tests.conftest import data_dir
+
+    mnist_dir = data_dir()
+    for method in golden.GOLDEN_METHODS:
+        out = tmp_path / f"{method}.h5"
+        assert cli.main(["golden", "--net", "lenet-300-100", "--method", method, "--steps", "1",
+                         "--batch-size", "2", "-o", str(out), "--data-dir", str(mnist_dir),
+                         "--no-download"]) == 0
+        assert golden.verify(out, out).ok

@@ -42,7 +42,7 @@ import numpy as np
 from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import MaskUpdate, PruningMethod, Recipe, check_variant
+from refdns.prune.base import MaskUpdate, PruningMethod, Recipe, check_variant, surgery_trace
 from refdns.prune.magnitude import (
     check_densities,
     check_layers,
@@ -253,3 +253,15 @@ class Han(PruningMethod):
             done += 1
             state["round"] = np.array(done, dtype=np.int64)
         return records
+
+    def trace_state(self, spec, state, records) -> dict[str, np.ndarray]:
+        """Rounds done, each layer's std and last threshold (float64; NaN before round 1) and the step's
+        pruning (``surgery/fired`` is 1 for a layer whose mask shrank this step, i.e. at a round boundary)."""
+        layers = list(spec.layer_names)
+        out = {"han/round": np.array(int(state["round"]), dtype=np.int64)}
+        for k in ("std", "threshold"):
+            out[f"han/{k}"] = np.array(
+                [float(state[f"{n}.{k}"]) if f"{n}.{k}" in state else math.nan for n in layers],
+                dtype=np.float64,
+            )
+        return out | surgery_trace(layers, records)

@@ -27,7 +27,7 @@ import numpy as np
 from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import MaskUpdate, PruningMethod, Recipe, check_variant
+from refdns.prune.base import MaskUpdate, PruningMethod, Recipe, check_variant, surgery_trace
 
 SCOPES = ("layer", "global")
 
@@ -251,3 +251,22 @@ class Magnitude(PruningMethod):
             masks[k][...] = new[k]
         state["pruned"] = np.array(1, dtype=np.int64)
         return records
+
+    def trace_state(self, spec, state, records) -> dict[str, np.ndarray]:
+        """The step's pruning per layer and, at the prune step, each layer's threshold: the smallest |w| it
+        kept (float64; NaN for a layer that keeps nothing), from the weights the masks were chosen from
+        (the golden writer's ``before.params.*`` / ``before.masks.*``)."""
+        layers = list(spec.layer_names)
+        out = surgery_trace(layers, records)
+        if records and f"before.params.{layers[0]}.weight" in state:
+            params = {k.removeprefix("before.params."): v for k, v in state.items()
+                      if k.startswith("before.params.")}
+            masks = {k.removeprefix("before.masks."): v for k, v in state.items()
+                     if k.startswith("before.masks.")}
+            new = self.prune(params, masks)
+            th = []
+            for n in layers:
+                kept = np.abs(params[f"{n}.weight"][new[f"{n}.weight"]]).astype(np.float64)
+                th.append(float(kept.min()) if kept.size else np.nan)
+            out["magnitude/threshold"] = np.array(th, dtype=np.float64)
+        return out

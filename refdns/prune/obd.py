@@ -29,7 +29,7 @@ from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.hessian import LOSSES, full_hessian, obd_diagonal, param_slices
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import MaskUpdate, OneShotOnData
+from refdns.prune.base import MaskUpdate, OneShotOnData, surgery_trace
 
 DIAGONALS = ("recursion", "exact")
 
@@ -124,3 +124,30 @@ class OBD(OneShotOnData):
         for k in keys:
             params[k] *= masks[k]
         return records
+
+    def trace_state(self, spec, state, records) -> dict[str, np.ndarray]:
+        """The step's pruning per layer and, at the prune step, what it was chosen from: the Hessian batch
+        (``hessian/inputs``, ``hessian/labels``, whole: a replay needs them), each weight's ``h_diag`` and
+        saliency ``s_k = h_kk w_k^2 / 2`` (float64) and the flat indices of the weights it removed
+        (``obd/pruned/<layer>``, int64, ascending). The weights are the golden writer's
+        ``before.params.*``."""
+        layers = list(spec.layer_names)
+        out = surgery_trace(layers, records)
+        if not records or f"before.params.{layers[0]}.weight" not in state:
+            return out
+        keys = list(spec.param_shapes())
+        w_eff = {k: state[f"before.params.{k}"] * state[f"before.masks.{k}"] for k in keys}
+        cfg = self.config
+        h = hessian_diagonal(spec, w_eff, self.x, self.y, diagonal=cfg.diagonal, loss=cfg.loss)
+        s = saliency(w_eff, h)
+        out["hessian/inputs"] = np.asarray(self.x, dtype=np.float32)
+        out["hessian/labels"] = np.asarray(self.y, dtype=np.int64)
+        new_masks = lowest_score_masks(s, {k: state[f"before.masks.{k}"] for k in keys},
+                                       [op.name + ".weight" for op in spec.layers], cfg.kept_fraction)
+        for n in layers:
+            key = f"{n}.weight"
+            new = new_masks[key]
+            out[f"obd/h_diag/{n}"] = h[key]
+            out[f"obd/saliency/{n}"] = s[key]
+            out[f"obd/pruned/{n}"] = np.flatnonzero(state[f"before.masks.{key}"] & ~new).astype(np.int64)
+        return out

@@ -64,7 +64,7 @@ from refdns.hessian import (
 from refdns.layers.conv import Conv2dCache
 from refdns.layers.dense import DenseCache
 from refdns.nets.sequential import NetSpec, forward
-from refdns.prune.base import MaskUpdate, OneShotOnData
+from refdns.prune.base import MaskUpdate, OneShotOnData, surgery_trace
 
 HESSIANS = ("exact", "gauss-newton", "woodbury", "layerwise")
 
@@ -516,3 +516,40 @@ class OBS(OneShotOnData):
             params[k][...] = new[k] * new_masks[k]
             masks[k][...] = new_masks[k]
         return records
+
+    def trace_state(self, spec, state, records) -> dict[str, np.ndarray]:
+        """The step's pruning per layer and, at the prune step, the surgeon's work, recomputed (it is
+        deterministic) from the weights it started from (the golden writer's ``before.params.*`` /
+        ``before.masks.*``): the Hessian batch (``hessian/inputs``, ``hessian/labels``, whole), each weight's
+        first-step saliency ``L_q = w_q^2 / (2 [H^-1]_qq)`` (``obs/saliency/<layer>``; layer-wise Hessian
+        ``2 X^T X`` with the config's damping; inf for inputs that are zero on the whole batch), the flat
+        indices removed (``obs/pruned/<layer>``, ascending) and the compensating update of the surviving
+        weights, ``new - W * T`` (``obs/update/<layer>``, float64). Layer-wise Hessians only."""
+        layers = list(spec.layer_names)
+        out = surgery_trace(layers, records)
+        if not records or f"before.params.{layers[0]}.weight" not in state:
+            return out
+        cfg = self.config
+        if cfg.hessian != "layerwise":
+            raise ConfigError(f"OBS traces the layer-wise surgeon only, not hessian={cfg.hessian!r}")
+        keys = list(spec.param_shapes())
+        params = {k: state[f"before.params.{k}"] for k in keys}
+        masks = {k: state[f"before.masks.{k}"] for k in keys}
+        new, new_masks, _ = obs_prune(spec, params, masks, self.x, self.y, cfg)
+        w_eff = {k: np.asarray(params[k], dtype=np.float64) * masks[k] for k in keys}
+        X = layer_inputs(spec, w_eff, self.x)
+        out["hessian/inputs"] = np.asarray(self.x, dtype=np.float32)
+        out["hessian/labels"] = np.asarray(self.y, dtype=np.int64)
+        for n in layers:
+            key = f"{n}.weight"
+            W2 = w_eff[key].reshape(w_eff[key].shape[0], -1)
+            H = 2.0 * X[n].T @ X[n]  # OBC: the Hessian of ||W X - W' X||^2 w.r.t. one row
+            live = np.diag(H) > 0
+            d = np.full(W2.shape[1], np.inf)
+            if live.any():
+                h_inv = damped_inverse(H[np.ix_(live, live)], damping=max(cfg.damping, 1e-12), layer=n)[0]
+                d[live] = np.diag(h_inv)
+            out[f"obs/saliency/{n}"] = (W2**2 / (2.0 * d)).reshape(w_eff[key].shape)  # OBS: L_q, first step
+            out[f"obs/pruned/{n}"] = np.flatnonzero(masks[key] & ~new_masks[key]).astype(np.int64)
+            out[f"obs/update/{n}"] = np.asarray(new[key], dtype=np.float64) * new_masks[key] - w_eff[key]
+        return out

@@ -23,7 +23,7 @@ import numpy as np
 from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.nets.sequential import NetSpec
-from refdns.prune.base import PruningMethod, Recipe, check_variant
+from refdns.prune.base import PruningMethod, Recipe, check_variant, surgery_trace
 from refdns.prune.magnitude import (
     check_densities,
     check_layers,
@@ -116,3 +116,8 @@ class RandomPruning(PruningMethod):
             masks[k][...] = new[k]
         state["pruned"] = np.array(1, dtype=np.int64)
         return records
+
+    def trace_state(self, spec, state, records) -> dict[str, np.ndarray]:
+        """The step's pruning per layer; the drawn masks themselves are the trace's ``masks/`` (a replay takes
+        them from the golden, as it takes DNS's draws, instead of reproducing NumPy's random stream)."""
+        return surgery_trace(list(spec.layer_names), records)

@@ -34,6 +34,7 @@ from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec, check_params
 from refdns.optim import SGDConfig
 from refdns.prune.base import PruningMethod, methods, reproducible_methods
+from refdns.prune.dsd import DSDConfig, release, sparse_phase_method
 from refdns.train import RunState, TrainConfig, evaluate, new_run, train
 
 # Caffe's MNIST LeNet solver: the dense phase of every experiment unless it says otherwise.
@@ -478,3 +479,47 @@ def decompress_to_checkpoint(path: str | Path, out: str | Path) -> RunState:
     checkpoint.save(out, state, method="deep-compression",
                     config={"net": spec.name, "seed": 0, "decompressed_from": str(path)})
     return state
+
+
+# ---- Dense-Sparse-Dense -------------------------------------------------------------------------------------
+
+
+@dataclass
+class DSDResult:
+    """The two phases after the dense one: S (sparse, mask fixed) and the final D (every connection back)."""
+
+    sparse: RunState
+    sparse_error: float
+    final: RunState
+    final_error: float
+
+
+def _dsd_phases(cfg: DSDConfig, sgd: SGDConfig, batch_size: int, test_interval: int
+                ) -> tuple[TrainConfig, TrainConfig]:
+    s = TrainConfig(iterations=cfg.sparse_iterations, batch_size=batch_size, test_interval=test_interval, sgd=sgd)
+    d_sgd = replace(sgd, base_lr=sgd.base_lr * cfg.redense_lr_factor)
+    d = TrainConfig(iterations=cfg.redense_iterations, batch_size=batch_size, test_interval=test_interval,
+                    sgd=d_sgd)
+    return s, d
+
+
+def run_dsd(spec: NetSpec, data: Data, dense: RunState, cfg: DSDConfig, sgd: SGDConfig, *, seed: int,
+            batch_size: int = 64, test_interval: int = 0, masked: bool = True) -> DSDResult:
+    """DSD's S and final D phases from a trained dense net (:mod:`refdns.prune.dsd`).
+
+    S: per-layer magnitude pruning to ``cfg.sparsity``, ``cfg.sparse_iterations`` of training with the mask
+    fixed at ``sgd``. D: the mask removed, pruned weights restarting at 0, ``cfg.redense_iterations`` at
+    ``sgd.base_lr * cfg.redense_lr_factor``. Each phase is a fresh solver run (zero momentum, the lr policy
+    from its start) whose batch order comes from ``seed``.
+
+    ``masked=False`` is the fair baseline: the very same two phases, lengths, rates and batches, with no
+    mask (the dense net simply trains on).
+    """
+    s_cfg, d_cfg = _dsd_phases(cfg, sgd, batch_size, test_interval)
+    method = sparse_phase_method(spec, cfg) if masked else None
+    sparse, _ = run_training(spec, data, s_cfg, seed=seed, method=method, params=dense.params,
+                             masks=dense.masks)
+    sparse_error = final_test_error(sparse, data)
+    params, masks = release(sparse.params, sparse.masks)
+    final, _ = run_training(spec, data, d_cfg, seed=seed + 1, params=params, masks=masks)
+    return DSDResult(sparse, sparse_error, final, final_test_error(final, data))

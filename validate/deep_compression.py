@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=PATH",
                     help="use this pruned checkpoint instead of making one (repeatable)")
     ap.add_argument("--finetune-iterations", type=int, default=2_000)
-    ap.add_argument("--finetune-lr", type=float, default=1e-4)
+    ap.add_argument("--finetune-lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=os.environ.get("REFDNS_DATA"))
     ap.add_argument("--out-dir", default=str(RESULTS))

@@ -21,9 +21,9 @@ The update is Caffe's SGD with momentum (:mod:`refdns.optim`), applied to the co
 The decay term is the gradient of the L2 penalty ``weight_decay / 2 * sum_ij W_ij^2`` of the tied weights
 (eq. (3) applied to the penalty as to the loss), so fine-tuning minimises the same objective the net was
 trained on. Because a centroid's gradient is a sum over its n_k members, its step is n_k times a single
-weight's: fine-tuning wants a base learning rate well below the training one (the validation script uses
-1e-4 on LeNet-300-100). Biases train as in Han's retraining: masked gradient, Caffe's bias multipliers,
-pruned biases untouched.
+weight's: fine-tuning wants a base learning rate below the training one (validate/deep_compression.py uses
+1e-3, fixed, on LeNet-300-100; at 1e-2 the DNS net's test error went from 2.2% to 2.7% in 500 iterations). Biases train as
+in Han's retraining: masked gradient, Caffe's bias multipliers, pruned biases untouched.
 
 Centroids may cross each other while training; the file stores the codebook as it is, so nothing needs
 them sorted afterwards.

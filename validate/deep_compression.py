@@ -6,7 +6,8 @@ accuracy. Here the pruning stage is refdns's Han et al. recipe or DNS (whose spa
 further), and the other stages are :mod:`refdns.compress`:
 
 1. pruned net: made with the repo's recipe via :func:`refdns.pipeline.reproduce` (dense 10,000 iterations,
-   then the method's recipe), or read from ``--checkpoint METHOD=PATH``;
+   then the method's recipe), or read from ``--checkpoint METHOD=PATH`` (``--dense-checkpoint PATH``: the
+   dense net they came from, for the dense error);
 2. weight sharing: per-layer k-means, linear initialisation, default widths (8 bits conv, 5 bits fc);
 3. trained quantization: SGD with momentum on the centroids, eq. (3), masks and ties fixed
    (:func:`refdns.compress.finetune.finetune_centroids`; ``--finetune-iterations``, ``--finetune-lr``);
@@ -58,7 +59,7 @@ def pruned_state(net, method, data, args, dense_state, log):
         if ck.state.spec.name != net:
             raise SystemExit(f"--checkpoint {method}={given[method]} holds a {ck.state.spec.name}, not a {net}")
         log(f"{net} {method}: pruned net from {given[method]}")
-        return ck.state, dense_state, None, given[method]
+        return ck.state, dense_state, None, Path(given[method]).name
     if args.quick:
         over = {"round_iterations": 300} if method == "han" else {}
         exp = experiment(net, method, dense_iterations=1_000, iterations=None if method == "han" else 1_000,
@@ -175,6 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="dns,han")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=PATH",
                     help="use this pruned checkpoint instead of making one (repeatable)")
+    ap.add_argument("--dense-checkpoint", metavar="PATH", help="the dense net the given pruned ones started from "
+                    "(for the dense error column, and as the start of any pruned net made here)")
     ap.add_argument("--finetune-iterations", type=int, default=2_000)
     ap.add_argument("--finetune-lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -190,6 +193,8 @@ def main(argv=None) -> int:
 
     data = load_data("mnist", data_dir=args.data_dir)
     results, dense_state = [], None
+    if args.dense_checkpoint:
+        dense_state = checkpoint.load(args.dense_checkpoint).state
     for method in args.methods.split(","):
         r, dense_state = run_one(args.net, method, data, args, dense_state, log)
         results.append(r)

@@ -461,8 +461,8 @@ def cmd_compress(args) -> int:
     layers, rows = compress_checkpoint(args.checkpoint, args.out, bits=_bits(args.bits))
     total = rows[-1]
     print(format_report(rows, title=f"{args.checkpoint} -> {args.out}"))
-    print(f"{args.out}: {total['rdc_bytes']:,} bytes, {total['ratio_rdc']:.1f}x smaller than the dense float32 "
-          f"net ({total['dense_bytes']:,} bytes)")
+    print(f"{args.out}: {total['rdc_bytes']:,} bytes, {total['ratio_rdc']:.1f}x smaller than the dense "
+          f"float32 net ({total['dense_bytes']:,} bytes)")
     if args.json:
         write_json(args.json, {"checkpoint": str(args.checkpoint), "out": str(args.out),
                                "bits": {la.name: la.bits for la in layers}, "layers": rows})
@@ -476,8 +476,8 @@ def cmd_decompress(args) -> int:
     check_outputs({"--out": args.out}, inputs={"rdc": args.rdc}, force=args.force)
     state = decompress_to_checkpoint(args.rdc, args.out)
     kept = sum(int(np.count_nonzero(m)) for m in state.masks.values())
-    print(f"decompressed {args.rdc} into {args.out}: {state.spec.name}, {kept:,} of {state.spec.n_params():,} "
-          "parameters kept, quantised weights exactly as stored")
+    print(f"decompressed {args.rdc} into {args.out}: {state.spec.name}, {kept:,} of "
+          f"{state.spec.n_params():,} parameters kept, quantised weights exactly as stored")
     return 0
 
 
@@ -633,15 +633,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=POSITIVE, default=1000, help="images per forward pass")
     _output_args(p, json_help="also write test_error (a fraction) and the figures as JSON")
     _data_args(p)
-    p = command("compress", cmd_compress, "Deep Compression of a pruned checkpoint: weight sharing and Huffman "
-                "coding into an .rdc file")
+    p = command("compress", cmd_compress, "Deep Compression of a pruned checkpoint: weight sharing and "
+                "Huffman coding into an .rdc file")
     p.add_argument("checkpoint", help="HDF5 checkpoint (pruned or dense)")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help=".rdc file to write")
-    p.add_argument("--bits", help="cluster-index bits: one number for every layer, or group/layer=bits,... with "
-                   "groups all, conv, fc (unset: conv=8,fc=5, the paper's)")
+    p.add_argument("--bits", help="cluster-index bits: one number for every layer, or group/layer=bits,... "
+                   "with groups all, conv, fc (unset: conv=8,fc=5, the paper's)")
     _output_args(p, json_help="also write the per-layer byte report as JSON")
 
-    p = command("decompress", cmd_decompress, "an .rdc file back into an HDF5 checkpoint (the quantised weights)")
+    p = command("decompress", cmd_decompress,
+                "an .rdc file back into an HDF5 checkpoint (the quantised weights)")
     p.add_argument("rdc", help=".rdc file written by refdns compress")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="checkpoint to write")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")

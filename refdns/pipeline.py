@@ -394,7 +394,7 @@ def with_train(exp: Experiment, **changes: Any) -> Experiment:
     return replace(exp, train=replace(exp.train, **changes))
 
 
-# ---- Deep Compression: checkpoints to and from .rdc files ---------------------------------------------------
+# ---- Deep Compression: checkpoints to and from .rdc files -------------------------------------------------
 
 #: Training-set size the batch order of a decompressed net is drawn for (MNIST's; a later run may redraw it).
 N_TRAIN = 60_000
@@ -481,7 +481,7 @@ def decompress_to_checkpoint(path: str | Path, out: str | Path) -> RunState:
     return state
 
 
-# ---- Dense-Sparse-Dense -------------------------------------------------------------------------------------
+# ---- Dense-Sparse-Dense -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -496,7 +496,8 @@ class DSDResult:
 
 def _dsd_phases(cfg: DSDConfig, sgd: SGDConfig, batch_size: int, test_interval: int
                 ) -> tuple[TrainConfig, TrainConfig]:
-    s = TrainConfig(iterations=cfg.sparse_iterations, batch_size=batch_size, test_interval=test_interval, sgd=sgd)
+    s = TrainConfig(iterations=cfg.sparse_iterations, batch_size=batch_size, test_interval=test_interval,
+                    sgd=sgd)
     d_sgd = replace(sgd, base_lr=sgd.base_lr * cfg.redense_lr_factor)
     d = TrainConfig(iterations=cfg.redense_iterations, batch_size=batch_size, test_interval=test_interval,
                     sgd=d_sgd)

@@ -57,17 +57,28 @@ def pruned_state(net, method, data, args, dense_state, log):
     if method in given:
         ck = checkpoint.load(given[method])
         if ck.state.spec.name != net:
-            raise SystemExit(f"--checkpoint {method}={given[method]} holds a {ck.state.spec.name}, not a {net}")
+            raise SystemExit(
+                f"--checkpoint {method}={given[method]} holds a {ck.state.spec.name}, not a {net}"
+            )
         log(f"{net} {method}: pruned net from {given[method]}")
         return ck.state, dense_state, None, Path(given[method]).name
     if args.quick:
         over = {"round_iterations": 300} if method == "han" else {}
-        exp = experiment(net, method, dense_iterations=1_000, iterations=None if method == "han" else 1_000,
-                         overrides=over, test_interval=0, seed=args.seed)
+        exp = experiment(
+            net,
+            method,
+            dense_iterations=1_000,
+            iterations=None if method == "han" else 1_000,
+            overrides=over,
+            test_interval=0,
+            seed=args.seed,
+        )
     else:
         exp = experiment(net, method, seed=args.seed)
-    log(f"{net} {method}: dense {'reused' if dense_state else exp.dense.iterations}, "
-        f"{method} {exp.train.iterations} iterations")
+    log(
+        f"{net} {method}: dense {'reused' if dense_state else exp.dense.iterations}, "
+        f"{method} {exp.train.iterations} iterations"
+    )
     res = reproduce(exp, data, dense_state=dense_state)
     return res.pruned.state, res.dense.state, res.dense.test_error, f"recipe, seed {args.seed}"
 
@@ -83,10 +94,22 @@ def run_one(net, method, data, args, dense_state, log):
     p, m = dequantize_net(layers)
     quant_err = error_rate(spec, effective_params(p, m), data.x_test, data.y_test)
     iters = 300 if args.quick else args.finetune_iterations
-    cfg = TrainConfig(iterations=iters, batch_size=64, test_interval=max(iters // 5, 1),
-                      sgd=SGDConfig(base_lr=args.finetune_lr, lr_policy="fixed"))
-    tuned, hist = finetune_centroids(spec, layers, data.x_train, data.y_train, cfg,
-                                     rng=np.random.default_rng(args.seed), x_test=data.x_test, y_test=data.y_test)
+    cfg = TrainConfig(
+        iterations=iters,
+        batch_size=64,
+        test_interval=max(iters // 5, 1),
+        sgd=SGDConfig(base_lr=args.finetune_lr, lr_policy="fixed"),
+    )
+    tuned, hist = finetune_centroids(
+        spec,
+        layers,
+        data.x_train,
+        data.y_train,
+        cfg,
+        rng=np.random.default_rng(args.seed),
+        x_test=data.x_test,
+        y_test=data.y_test,
+    )
     with tempfile.TemporaryDirectory() as tmp:  # the real file: its size, and the net read back from it
         path = write_rdc(Path(tmp) / f"{net}-{method}.rdc", spec.name, tuned)
         _, _, back_p, back_m = read_compressed(path)
@@ -96,17 +119,31 @@ def run_one(net, method, data, args, dense_state, log):
         tuned_err = error_rate(spec, effective_params(back_p, back_m), data.x_test, data.y_test)
     rows = compression_report(tuned, net_name=spec.name)
     assert rows[-1]["rdc_bytes"] == file_bytes and exact
-    log(f"{net} {method}: errors pruned {100 * pruned_err:.2f}% quantised {100 * quant_err:.2f}% "
+    log(
+        f"{net} {method}: errors pruned {100 * pruned_err:.2f}% quantised {100 * quant_err:.2f}% "
         f"fine-tuned {100 * tuned_err:.2f}%; {rows[-1]['ratio_huffman']:.1f}x (P+Q+H), "
-        f"{rows[-1]['ratio_rdc']:.1f}x (.rdc)")
+        f"{rows[-1]['ratio_rdc']:.1f}x (.rdc)"
+    )
     return {
-        "net": net, "method": method, "source": source, "seed": args.seed,
+        "net": net,
+        "method": method,
+        "source": source,
+        "seed": args.seed,
         "errors": {"dense": dense_err, "pruned": pruned_err, "quantized": quant_err, "finetuned": tuned_err},
-        "finetune": {"iterations": iters, "batch_size": 64, "base_lr": args.finetune_lr, "lr_policy": "fixed",
-                     "momentum": cfg.sgd.momentum, "weight_decay": cfg.sgd.weight_decay,
-                     "test_error_history": hist},
-        "bits": {la.name: la.bits for la in tuned}, "clusters": {la.name: la.n_clusters for la in tuned},
-        "rdc_round_trip_exact": exact, "rdc_bytes": file_bytes, "layers": rows,
+        "finetune": {
+            "iterations": iters,
+            "batch_size": 64,
+            "base_lr": args.finetune_lr,
+            "lr_policy": "fixed",
+            "momentum": cfg.sgd.momentum,
+            "weight_decay": cfg.sgd.weight_decay,
+            "test_error_history": hist,
+        },
+        "bits": {la.name: la.bits for la in tuned},
+        "clusters": {la.name: la.n_clusters for la in tuned},
+        "rdc_round_trip_exact": exact,
+        "rdc_bytes": file_bytes,
+        "layers": rows,
         "seconds": time.perf_counter() - t0,
     }, dense_state
 
@@ -116,22 +153,28 @@ def pct(v):
 
 
 def markdown(results, args) -> str:
-    lines = ["# Deep Compression on refdns's pruned nets", "",
-             f"`python validate/deep_compression.py{' --quick' if args.quick else ''}` - seed {args.seed}; "
-             f"weight sharing at 8 bits conv / 5 bits fc, relative indices 8 conv / 5 fc; centroid fine-tuning "
-             f"{results[0]['finetune']['iterations']} iterations at lr {args.finetune_lr} (fixed), momentum 0.9, "
-             "batch 64. Errors are MNIST test errors; the fine-tuned error is measured on the net read back from "
-             "the `.rdc` file (bit-for-bit equal to the fine-tuned net).", "",
-             "| net | pruning | kept weights | dense / P | dense / P+Q | dense / P+Q+H | dense / .rdc | error dense "
-             "| pruned | quantised | + fine-tuned | paper (Han et al. 2016) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "# Deep Compression on refdns's pruned nets",
+        "",
+        f"`python validate/deep_compression.py{' --quick' if args.quick else ''}` - seed {args.seed}; "
+        f"weight sharing at 8 bits conv / 5 bits fc, relative indices 8 conv / 5 fc; centroid fine-tuning "
+        f"{results[0]['finetune']['iterations']} iterations at lr {args.finetune_lr} (fixed), momentum 0.9, "
+        "batch 64. Errors are MNIST test errors; the fine-tuned error is measured on the net read back from "
+        "the `.rdc` file (bit-for-bit equal to the fine-tuned net).",
+        "",
+        "| net | pruning | kept weights | dense / P | dense / P+Q | dense / P+Q+H | dense / .rdc "
+        "| error dense | pruned | quantised | + fine-tuned | paper (Han et al. 2016) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in results:
         t, e = r["layers"][-1], r["errors"]
         ratio, before, after = PAPER[r["net"]]
-        lines.append(f"| {r['net']} | {r['method']} | {100 * t['density']:.2f}% | {t['ratio_pruned']:.1f}x "
-                     f"| {t['ratio_quantized']:.1f}x | {t['ratio_huffman']:.1f}x | {t['ratio_rdc']:.1f}x "
-                     f"| {pct(e['dense'])} | {pct(e['pruned'])} | {pct(e['quantized'])} | {pct(e['finetuned'])} "
-                     f"| {ratio}x, {100 * before:.2f}% -> {100 * after:.2f}% |")
+        lines.append(
+            f"| {r['net']} | {r['method']} | {100 * t['density']:.2f}% | {t['ratio_pruned']:.1f}x "
+            f"| {t['ratio_quantized']:.1f}x | {t['ratio_huffman']:.1f}x | {t['ratio_rdc']:.1f}x "
+            f"| {pct(e['dense'])} | {pct(e['pruned'])} | {pct(e['quantized'])} | {pct(e['finetuned'])} "
+            f"| {ratio}x, {100 * before:.2f}% -> {100 * after:.2f}% |"
+        )
     for r in results:
         lines += ["", format_report(r["layers"], title=f"{r['net']}, {r['method']} pruning ({r['source']})")]
     return "\n".join(lines) + "\n"
@@ -152,8 +195,13 @@ def plot(results, path: Path) -> bool:
         kb = [t[f"{s}_bytes"] / 1000 for s in STAGES]
         bars = ax.bar(np.arange(len(STAGES)) + i * width, kb, width, label=f"{r['net']} {r['method']}")
         for b, v in zip(bars, kb, strict=True):
-            ax.annotate(f"{v:.0f}" if v >= 10 else f"{v:.1f}", (b.get_x() + b.get_width() / 2, v),
-                        ha="center", va="bottom", fontsize=7)
+            ax.annotate(
+                f"{v:.0f}" if v >= 10 else f"{v:.1f}",
+                (b.get_x() + b.get_width() / 2, v),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
     ax.set_xticks(np.arange(len(STAGES)) + width * (len(results) - 1) / 2)
     ax.set_xticklabels(["dense", "pruned (P)", "quantised (P+Q)", "Huffman (P+Q+H)", ".rdc file"])
     ax.set_yscale("log")
@@ -174,10 +222,19 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test of the whole pipeline)")
     ap.add_argument("--net", default="lenet-300-100", choices=sorted(PAPER))
     ap.add_argument("--methods", default="dns,han")
-    ap.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=PATH",
-                    help="use this pruned checkpoint instead of making one (repeatable)")
-    ap.add_argument("--dense-checkpoint", metavar="PATH", help="the dense net the given pruned ones started from "
-                    "(for the dense error column, and as the start of any pruned net made here)")
+    ap.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="METHOD=PATH",
+        help="use this pruned checkpoint instead of making one (repeatable)",
+    )
+    ap.add_argument(
+        "--dense-checkpoint",
+        metavar="PATH",
+        help="the dense net the given pruned ones started from "
+        "(for the dense error column, and as the start of any pruned net made here)",
+    )
     ap.add_argument("--finetune-iterations", type=int, default=2_000)
     ap.add_argument("--finetune-lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -200,8 +257,10 @@ def main(argv=None) -> int:
         results.append(r)
     out = Path(args.out_dir)
     stem = "deep_compression_quick" if args.quick else "deep_compression"
-    write_text(out / f"{stem}.json", json.dumps({"paper": PAPER, "results": results}, indent=1,
-                                                 sort_keys=True, allow_nan=False) + "\n")
+    write_text(
+        out / f"{stem}.json",
+        json.dumps({"paper": PAPER, "results": results}, indent=1, sort_keys=True, allow_nan=False) + "\n",
+    )
     md = markdown(results, args)
     write_text(out / f"{stem}.md", md)
     if not plot(results, out / f"{stem}.png"):

@@ -71,51 +71,91 @@ def main(argv=None) -> int:
         spec = get_spec(net)
         for seed in range(seeds):
             t0 = time.perf_counter()
-            dense = reproduce(experiment(net, None, dense_iterations=dense_iters, test_interval=0, seed=seed),
-                              data).dense
+            dense = reproduce(
+                experiment(net, None, dense_iterations=dense_iters, test_interval=0, seed=seed), data
+            ).dense
             dsd = run_dsd(spec, data, dense.state, cfg, sgd, seed=seed)
             base = run_dsd(spec, data, dense.state, cfg, sgd, seed=seed, masked=False)
-            run = {"net": net, "seed": seed, "dense": dense.test_error, "dsd_sparse": dsd.sparse_error,
-                   "dsd": dsd.final_error, "baseline_mid": base.sparse_error, "baseline": base.final_error,
-                   "seconds": time.perf_counter() - t0}
+            run = {
+                "net": net,
+                "seed": seed,
+                "dense": dense.test_error,
+                "dsd_sparse": dsd.sparse_error,
+                "dsd": dsd.final_error,
+                "baseline_mid": base.sparse_error,
+                "baseline": base.final_error,
+                "seconds": time.perf_counter() - t0,
+            }
             runs.append(run)
-            log(f"{net} seed {seed}: dense {100 * run['dense']:.2f}%  DSD sparse {100 * run['dsd_sparse']:.2f}% "
-                f"-> DSD {100 * run['dsd']:.2f}%  baseline {100 * run['baseline']:.2f}%  ({run['seconds']:.0f} s)")
+            log(
+                f"{net} seed {seed}: dense {100 * run['dense']:.2f}%  "
+                f"DSD sparse {100 * run['dsd_sparse']:.2f}% -> DSD {100 * run['dsd']:.2f}%  "
+                f"baseline {100 * run['baseline']:.2f}%  ({run['seconds']:.0f} s)"
+            )
     summary = {}
     for net in args.nets.split(","):
         rs = [r for r in runs if r["net"] == net]
-        summary[net] = {k: stats([r[k] for r in rs]) for k in ("dense", "dsd_sparse", "dsd", "baseline_mid",
-                                                                "baseline")}
+        summary[net] = {
+            k: stats([r[k] for r in rs]) for k in ("dense", "dsd_sparse", "dsd", "baseline_mid", "baseline")
+        }
         summary[net]["dsd_minus_baseline"] = stats([r["dsd"] - r["baseline"] for r in rs])
         summary[net]["dsd_wins"] = sum(r["dsd"] < r["baseline"] for r in rs)
-    settings = {"dense_iterations": dense_iters, "dsd": dataclasses.asdict(cfg),
-                "sgd": {"base_lr": sgd.base_lr, "lr_policy": sgd.lr_policy, "momentum": sgd.momentum,
-                        "weight_decay": sgd.weight_decay}, "batch_size": 64, "seeds": list(range(seeds))}
-    lines = ["# Dense-Sparse-Dense against a dense baseline with the same iterations", "",
-             f"`python validate/dsd.py{' --quick' if args.quick else ''}` - per seed: dense {dense_iters:,} "
-             f"iterations (Caffe lr 0.01 inv), then S {phase:,} iterations (lr 0.01 inv restarted; DSD: "
-             f"{100 * cfg.sparsity:.0f}% of each layer's weights pruned by magnitude, mask fixed) and D {phase:,} "
-             "iterations (lr 0.001 inv; DSD: every connection back, pruned ones from 0). The baseline runs the "
-             "same two phases with the same batches and no mask. MNIST test error, mean +- sd over "
-             f"{seeds} seeds.", "",
-             "| net | dense (start) | DSD after S | DSD after D | baseline (same iterations) | DSD - baseline "
-             "(paired) | DSD better |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    settings = {
+        "dense_iterations": dense_iters,
+        "dsd": dataclasses.asdict(cfg),
+        "sgd": {
+            "base_lr": sgd.base_lr,
+            "lr_policy": sgd.lr_policy,
+            "momentum": sgd.momentum,
+            "weight_decay": sgd.weight_decay,
+        },
+        "batch_size": 64,
+        "seeds": list(range(seeds)),
+    }
+    lines = [
+        "# Dense-Sparse-Dense against a dense baseline with the same iterations",
+        "",
+        f"`python validate/dsd.py{' --quick' if args.quick else ''}` - per seed: dense {dense_iters:,} "
+        f"iterations (Caffe lr 0.01 inv), then S {phase:,} iterations (lr 0.01 inv restarted; DSD: "
+        f"{100 * cfg.sparsity:.0f}% of each layer's weights pruned by magnitude, mask fixed) and D {phase:,} "
+        "iterations (lr 0.001 inv; DSD: every connection back, pruned ones from 0). The baseline runs the "
+        "same two phases with the same batches and no mask. MNIST test error, mean +- sd over "
+        f"{seeds} seeds.",
+        "",
+        "| net | dense (start) | DSD after S | DSD after D | baseline (same iterations) | DSD - baseline "
+        "(paired) | DSD better |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for net, s in summary.items():
         d = s["dsd_minus_baseline"]
-        lines.append(f"| {net} | {fmt(s['dense'])} | {fmt(s['dsd_sparse'])} | {fmt(s['dsd'])} "
-                     f"| {fmt(s['baseline'])} | {100 * d['mean']:+.3f} +- {100 * d['sd']:.3f} pp "
-                     f"| {s['dsd_wins']} of {d['n']} |")
-    lines += ["", "| net | seed | dense | DSD after S | DSD | baseline after S-length | baseline |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {net} | {fmt(s['dense'])} | {fmt(s['dsd_sparse'])} | {fmt(s['dsd'])} "
+            f"| {fmt(s['baseline'])} | {100 * d['mean']:+.3f} +- {100 * d['sd']:.3f} pp "
+            f"| {s['dsd_wins']} of {d['n']} |"
+        )
+    lines += [
+        "",
+        "| net | seed | dense | DSD after S | DSD | baseline after S-length | baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in runs:
-        lines.append(f"| {r['net']} | {r['seed']} | {100 * r['dense']:.2f}% | {100 * r['dsd_sparse']:.2f}% "
-                     f"| {100 * r['dsd']:.2f}% | {100 * r['baseline_mid']:.2f}% | {100 * r['baseline']:.2f}% |")
+        lines.append(
+            f"| {r['net']} | {r['seed']} | {100 * r['dense']:.2f}% | {100 * r['dsd_sparse']:.2f}% "
+            f"| {100 * r['dsd']:.2f}% | {100 * r['baseline_mid']:.2f}% | {100 * r['baseline']:.2f}% |"
+        )
     md = "\n".join(lines) + "\n"
     stem = "dsd_quick" if args.quick else "dsd"
     out = Path(args.out_dir)
-    write_text(out / f"{stem}.json", json.dumps({"settings": settings, "summary": summary, "runs": runs}, indent=1,
-                                                sort_keys=True, allow_nan=False) + "\n")
+    write_text(
+        out / f"{stem}.json",
+        json.dumps(
+            {"settings": settings, "summary": summary, "runs": runs},
+            indent=1,
+            sort_keys=True,
+            allow_nan=False,
+        )
+        + "\n",
+    )
     write_text(out / f"{stem}.md", md)
     print(md)
     return 0

@@ -22,8 +22,8 @@ The decay term is the gradient of the L2 penalty ``weight_decay / 2 * sum_ij W_i
 (eq. (3) applied to the penalty as to the loss), so fine-tuning minimises the same objective the net was
 trained on. Because a centroid's gradient is a sum over its n_k members, its step is n_k times a single
 weight's: fine-tuning wants a base learning rate below the training one (validate/deep_compression.py uses
-1e-3, fixed, on LeNet-300-100; at 1e-2 the DNS net's test error went from 2.2% to 2.7% in 500 iterations). Biases train as
-in Han's retraining: masked gradient, Caffe's bias multipliers, pruned biases untouched.
+1e-3, fixed, on LeNet-300-100; at 1e-2 the DNS net's test error went from 2.2% to 2.7% in 500 iterations).
+Biases train as in Han's retraining: masked gradient, Caffe's bias multipliers, pruned biases untouched.
 
 Centroids may cross each other while training; the file stores the codebook as it is, so nothing needs
 them sorted afterwards.
@@ -64,7 +64,8 @@ class CentroidState:
     def from_layers(cls, layers: Sequence[QuantizedLayer], dtype=np.float32) -> CentroidState:
         cb = {la.name: la.codebook.astype(dtype) for la in layers}
         b = {la.name: la.bias.astype(dtype) for la in layers}
-        return cls(cb, b, {k: np.zeros_like(v) for k, v in cb.items()}, {k: np.zeros_like(v) for k, v in b.items()})
+        zeros = {k: np.zeros_like(v) for k, v in cb.items()}
+        return cls(cb, b, zeros, {k: np.zeros_like(v) for k, v in b.items()})
 
 
 def tied_params(layers: Sequence[QuantizedLayer], state: CentroidState) -> dict[str, np.ndarray]:
@@ -143,8 +144,8 @@ def layers_from_state(layers: Sequence[QuantizedLayer], state: CentroidState) ->
 
 def finetune_centroids(spec: NetSpec, layers: Sequence[QuantizedLayer], x_train: np.ndarray,
                        y_train: np.ndarray, cfg: TrainConfig, *, rng: np.random.Generator,
-                       train_bias: bool = True, x_test: np.ndarray | None = None, y_test: np.ndarray | None = None,
-                       on_test: Callable[[int, float], None] | None = None
+                       train_bias: bool = True, x_test: np.ndarray | None = None,
+                       y_test: np.ndarray | None = None, on_test: Callable[[int, float], None] | None = None
                        ) -> tuple[tuple[QuantizedLayer, ...], list[tuple[int, float]]]:
     """Deep Compression's trained quantization: ``cfg.iterations`` SGD steps on the centroids.
 

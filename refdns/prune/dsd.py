@@ -51,9 +51,10 @@ class DSDConfig:
 
 
 def sparse_phase_method(spec: NetSpec, cfg: DSDConfig) -> Magnitude:
-    """The S phase's pruning: keep the ``1 - sparsity`` largest-magnitude weights of every layer, held fixed."""
+    """The S phase's pruning: every layer keeps its ``1 - sparsity`` largest-magnitude weights, held fixed."""
     densities = {name: 1.0 - cfg.sparsity for name in spec.layer_names}
-    return Magnitude(MagnitudeConfig(densities=densities, scope="layer", retrain_iterations=cfg.sparse_iterations))
+    return Magnitude(MagnitudeConfig(densities=densities, scope="layer",
+                                     retrain_iterations=cfg.sparse_iterations))
 
 
 def release(params: dict[str, np.ndarray], masks: dict[str, np.ndarray]

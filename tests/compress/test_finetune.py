@@ -88,7 +88,8 @@ def test_engine_centroid_gradient_matches_central_differences(rng):
             return centroid_loss_and_grads(TINY, layers, s, x, y)[0]
 
         def f_b(bias, name=la.name):
-            s = CentroidState(state.codebooks, {**state.biases, name: bias}, state.v_codebooks, state.v_biases)
+            s = CentroidState(state.codebooks, {**state.biases, name: bias}, state.v_codebooks,
+                              state.v_biases)
             return centroid_loss_and_grads(TINY, layers, s, x, y)[0]
 
         numeric = numerical_gradient(f_c, state.codebooks[la.name])
@@ -104,7 +105,8 @@ def test_finetuning_keeps_ties_and_mask_and_round_trips(tmp_path, rng):
     x = rng.standard_normal((40, *TINY.input_shape)).astype(np.float32)
     y = rng.integers(0, TINY.n_classes, size=40)
     cfg = TrainConfig(iterations=20, batch_size=8, test_interval=10, sgd=SGDConfig(base_lr=0.01))
-    tuned, hist = finetune_centroids(TINY, layers, x, y, cfg, rng=np.random.default_rng(1), x_test=x, y_test=y)
+    tuned, hist = finetune_centroids(TINY, layers, x, y, cfg, rng=np.random.default_rng(1), x_test=x,
+                                     y_test=y)
     assert [h[0] for h in hist] == [10, 20]
     for a, b in zip(layers, tuned, strict=True):
         assert np.array_equal(a.indices, b.indices) and np.array_equal(a.mask, b.mask)

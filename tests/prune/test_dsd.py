@@ -65,7 +65,8 @@ def test_baseline_is_the_same_schedule_without_the_mask(setup):
     data, dense = setup
     cfg = DSDConfig(sparsity=0.3, sparse_iterations=4, redense_iterations=4, redense_lr_factor=0.1)
     base = run_dsd(SPEC, data, dense, cfg, SGDConfig(base_lr=0.05), seed=1, batch_size=16, masked=False)
-    assert all(m.all() for m in base.sparse.masks.values()) and all(m.all() for m in base.final.masks.values())
+    assert all(m.all() for m in base.sparse.masks.values())
+    assert all(m.all() for m in base.final.masks.values())
     # with sparsity 0 DSD is the baseline, step for step
     zero = run_dsd(SPEC, data, dense, DSDConfig(sparsity=0.0, sparse_iterations=4, redense_iterations=4),
                    SGDConfig(base_lr=0.05), seed=1, batch_size=16)

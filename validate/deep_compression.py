@@ -20,7 +20,8 @@ streams + codebook; biases float32 throughout; ``.rdc`` = the file, header and c
 
 Run: ``python validate/deep_compression.py [--quick] [--net lenet-300-100] [--methods dns,han]
 [--checkpoint dns=PATH ...]``. Writes ``validate/results/deep_compression.{md,json,png}``
-(``deep_compression_quick.*`` with --quick; the PNG needs matplotlib, the ``plot`` extra).
+for LeNet-300-100, ``deep_compression_lenet-5.*`` for LeNet-5 (``..._quick.*`` with --quick; the PNG needs
+matplotlib, the ``plot`` extra).
 """
 
 from __future__ import annotations
@@ -256,7 +257,8 @@ def main(argv=None) -> int:
         r, dense_state = run_one(args.net, method, data, args, dense_state, log)
         results.append(r)
     out = Path(args.out_dir)
-    stem = "deep_compression_quick" if args.quick else "deep_compression"
+    stem = "deep_compression" + ("" if args.net == "lenet-300-100" else f"_{args.net}")
+    stem += "_quick" if args.quick else ""
     write_text(
         out / f"{stem}.json",
         json.dumps({"paper": PAPER, "results": results}, indent=1, sort_keys=True, allow_nan=False) + "\n",

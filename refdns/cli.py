@@ -32,6 +32,7 @@ from refdns.pipeline import (
     format_table,
     layer_table,
     load_data,
+    load_net,
     phase_json,
     reproduce,
     result_json,
@@ -718,8 +719,7 @@ def cmd_infer(args) -> int:
 
     check_inputs({"checkpoint": args.checkpoint})
     check_outputs({"--json": args.json}, inputs={"checkpoint": args.checkpoint}, force=args.force)
-    ck = checkpoint.load(args.checkpoint)
-    st = ck.state
+    st = ck = load_net(args.checkpoint)  # checkpoint or .rdc (by magic): has .spec/.params/.masks/.method
     x_test, y_test = load_mnist("test", dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download)
     storage = None
     if args.sparse:
@@ -748,6 +748,52 @@ def cmd_infer(args) -> int:
         if storage is not None:
             out["storage"] = storage
         write_json(args.json, out)
+    return 0
+
+
+def _bits(text: str | None) -> dict[str, int]:
+    """``--bits``: ``5`` (every layer) or ``conv=8,fc=5,ip1=4`` (groups or layers); checked by the library."""
+    if text is None:
+        return {}
+    if "=" not in text:
+        text = f"all={text}"
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        try:
+            out[key.strip()] = int(value)
+        except ValueError:
+            raise ConfigError(f"--bits {part!r}: expected name=whole number") from None
+    return out
+
+
+def cmd_compress(args) -> int:
+    from refdns.compress import format_report
+    from refdns.pipeline import compress_checkpoint
+
+    check_inputs({"checkpoint": args.checkpoint})
+    check_outputs({"--out": args.out, "--json": args.json}, inputs={"checkpoint": args.checkpoint},
+                  force=args.force)
+    layers, rows = compress_checkpoint(args.checkpoint, args.out, bits=_bits(args.bits))
+    total = rows[-1]
+    print(format_report(rows, title=f"{args.checkpoint} -> {args.out}"))
+    print(f"{args.out}: {total['rdc_bytes']:,} bytes, {total['ratio_rdc']:.1f}x smaller than the dense "
+          f"float32 net ({total['dense_bytes']:,} bytes)")
+    if args.json:
+        write_json(args.json, {"checkpoint": str(args.checkpoint), "out": str(args.out),
+                               "bits": {la.name: la.bits for la in layers}, "layers": rows})
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from refdns.pipeline import decompress_to_checkpoint
+
+    check_inputs({"rdc": args.rdc})
+    check_outputs({"--out": args.out}, inputs={"rdc": args.rdc}, force=args.force)
+    state = decompress_to_checkpoint(args.rdc, args.out)
+    kept = sum(int(np.count_nonzero(m)) for m in state.masks.values())
+    print(f"decompressed {args.rdc} into {args.out}: {state.spec.name}, {kept:,} of "
+          f"{state.spec.n_params():,} parameters kept, quantised weights exactly as stored")
     return 0
 
 
@@ -997,12 +1043,26 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
 
     p = command("infer", cmd_infer, "test error of a (pruned) checkpoint, dense or with the sparse kernels")
-    p.add_argument("checkpoint", help="HDF5 checkpoint written by train, dns or any pruning method")
+    p.add_argument("checkpoint", help="HDF5 checkpoint written by train, dns or any pruning method, or an "
+                   ".rdc file (told apart by content)")
     p.add_argument("--sparse", action="store_true",
                    help="run the CSR kernels on w * mask (and print the storage report) instead of dense NumPy")
     p.add_argument("--batch-size", type=POSITIVE, default=1000, help="images per forward pass")
     _output_args(p, json_help="also write test_error (a fraction) and the figures as JSON")
     _data_args(p)
+    p = command("compress", cmd_compress, "Deep Compression of a pruned checkpoint: weight sharing and "
+                "Huffman coding into an .rdc file")
+    p.add_argument("checkpoint", help="HDF5 checkpoint (pruned or dense)")
+    p.add_argument("-o", "--out", required=True, metavar="FILE", help=".rdc file to write")
+    p.add_argument("--bits", help="cluster-index bits: one number for every layer, or group/layer=bits,... "
+                   "with groups all, conv, fc (unset: conv=8,fc=5, the paper's)")
+    _output_args(p, json_help="also write the per-layer byte report as JSON")
+
+    p = command("decompress", cmd_decompress,
+                "an .rdc file back into an HDF5 checkpoint (the quantised weights)")
+    p.add_argument("rdc", help=".rdc file written by refdns compress")
+    p.add_argument("-o", "--out", required=True, metavar="FILE", help="checkpoint to write")
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     return parser
 
 

@@ -19,14 +19,25 @@ from typing import Any
 import numpy as np
 
 from refdns import checkpoint
+from refdns.compress import (
+    QuantizedLayer,
+    compression_report,
+    dequantize_net,
+    quantize_net,
+    read_rdc_layers,
+    write_rdc,
+)
+from refdns.compress.quantize import expand_bits
+from refdns.compress.rdc import MAGIC as RDC_MAGIC
 from refdns.config import check_number, from_dict, to_dict
 from refdns.datasets import DATASETS, load_mnist
-from refdns.errors import ConfigError
+from refdns.errors import ConfigError, RdcError
 from refdns.nets import get_spec
-from refdns.nets.sequential import NetSpec
+from refdns.nets.sequential import NetSpec, check_params
 from refdns.optim import SGDConfig
 from refdns.perf import limit_threads
 from refdns.prune.base import PruningMethod, methods, reproducible_methods
+from refdns.prune.dsd import DSDConfig, release, sparse_phase_method
 from refdns.run import RunState, TrainConfig, new_run
 from refdns.train import evaluate, train
 
@@ -572,3 +583,135 @@ def result_json(result: Result) -> dict[str, Any]:
 def with_train(exp: Experiment, **changes: Any) -> Experiment:
     """``exp`` with its pruning phase's TrainConfig changed (e.g. ``iterations=500``)."""
     return replace(exp, train=replace(exp.train, **changes))
+
+
+# ---- Deep Compression: checkpoints to and from .rdc files -------------------------------------------------
+
+#: Training-set size the batch order of a decompressed net is drawn for (MNIST's; a later run may redraw it).
+N_TRAIN = 60_000
+
+
+@dataclass(frozen=True)
+class LoadedNet:
+    """A net read for inference: from an HDF5 checkpoint or a compressed ``.rdc`` file."""
+
+    spec: NetSpec
+    params: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    method: str  # the checkpoint's method, or "deep-compression" for an .rdc file
+    file_format: str  # "checkpoint" or "rdc"
+
+
+def is_rdc(path: str | Path) -> bool:
+    """Whether ``path`` starts with the ``.rdc`` magic number (its suffix is not consulted)."""
+    with open(path, "rb") as fh:
+        return fh.read(len(RDC_MAGIC)) == RDC_MAGIC
+
+
+def read_compressed(path: str | Path) -> tuple[NetSpec, tuple[QuantizedLayer, ...], dict[str, np.ndarray],
+                                               dict[str, np.ndarray]]:
+    """Read an ``.rdc`` file and check its layers against the net it names: ``(spec, layers, params, masks)``.
+
+    Raises
+    ------
+    RdcError
+        A damaged file (see :func:`refdns.compress.read_rdc_layers`), a net refdns does not know, or layers
+        that are not that net's (missing, extra or of another shape).
+    """
+    net_name, layers, _ = read_rdc_layers(path)
+    try:
+        spec = get_spec(net_name)
+    except ValueError as e:
+        raise RdcError(f"{path}: {e}") from None
+    params, masks = dequantize_net(layers)
+    try:
+        check_params(spec, params)
+    except ValueError as e:
+        raise RdcError(f"{path}: its layers are not a {spec.name}: {e}") from None
+    kinds = {op.name: op.kind for op in spec.layers}
+    wrong = [la.name for la in layers if la.kind != kinds[la.name]]
+    if wrong:
+        raise RdcError(f"{path}: layers {wrong} are stored with another kind than {spec.name}'s")
+    return spec, layers, params, masks
+
+
+def load_net(path: str | Path) -> LoadedNet:
+    """A checkpoint or an ``.rdc`` file, told apart by the file's magic number."""
+    if is_rdc(path):
+        spec, _, params, masks = read_compressed(path)
+        return LoadedNet(spec, params, masks, "deep-compression", "rdc")
+    ck = checkpoint.load(path)
+    return LoadedNet(ck.state.spec, ck.state.params, ck.state.masks, ck.method, "checkpoint")
+
+
+def compress_checkpoint(path: str | Path, out: str | Path, *, bits: dict[str, int] | None = None
+                        ) -> tuple[tuple[QuantizedLayer, ...], list[dict[str, Any]]]:
+    """Deep Compression's weight sharing and Huffman coding of a (pruned) checkpoint, written to ``out``.
+
+    ``bits`` as :func:`refdns.compress.quantize.expand_bits` reads them (groups or layer names). Returns the
+    quantised layers and the byte report (:func:`refdns.compress.compression_report`; its total
+    ``rdc_bytes`` is the size of ``out``).
+    """
+    st = checkpoint.load(path).state
+    widths = expand_bits(st.spec, bits)
+    layers = quantize_net(st.spec, st.params, st.masks, bits=widths)
+    write_rdc(out, st.spec.name, layers)
+    return layers, compression_report(layers, net_name=st.spec.name)
+
+
+def decompress_to_checkpoint(path: str | Path, out: str | Path) -> RunState:
+    """An ``.rdc`` file as an HDF5 checkpoint: the quantised weights bit for bit, the masks, the raw biases.
+
+    The checkpoint starts a fresh run (iteration 0, zero velocity, seed 0), so it can be evaluated,
+    exported or trained on like any other.
+    """
+    spec, _, params, masks = read_compressed(path)
+    state = new_run(spec, N_TRAIN, TrainConfig(), seed=0, params=params, masks=masks)
+    checkpoint.save(out, state, method="deep-compression",
+                    config={"net": spec.name, "seed": 0, "decompressed_from": str(path)})
+    return state
+
+
+# ---- Dense-Sparse-Dense -----------------------------------------------------------------------------------
+
+
+@dataclass
+class DSDResult:
+    """The two phases after the dense one: S (sparse, mask fixed) and the final D (every connection back)."""
+
+    sparse: RunState
+    sparse_error: float
+    final: RunState
+    final_error: float
+
+
+def _dsd_phases(cfg: DSDConfig, sgd: SGDConfig, batch_size: int, test_interval: int
+                ) -> tuple[TrainConfig, TrainConfig]:
+    s = TrainConfig(iterations=cfg.sparse_iterations, batch_size=batch_size, test_interval=test_interval,
+                    sgd=sgd)
+    d_sgd = replace(sgd, base_lr=sgd.base_lr * cfg.redense_lr_factor)
+    d = TrainConfig(iterations=cfg.redense_iterations, batch_size=batch_size, test_interval=test_interval,
+                    sgd=d_sgd)
+    return s, d
+
+
+def run_dsd(spec: NetSpec, data: Data, dense: RunState, cfg: DSDConfig, sgd: SGDConfig, *, seed: int,
+            batch_size: int = 64, test_interval: int = 0, masked: bool = True) -> DSDResult:
+    """DSD's S and final D phases from a trained dense net (:mod:`refdns.prune.dsd`).
+
+    S: per-layer magnitude pruning to ``cfg.sparsity``, ``cfg.sparse_iterations`` of training with the mask
+    fixed at ``sgd``. D: the mask removed, pruned weights restarting at 0, ``cfg.redense_iterations`` at
+    ``sgd.base_lr * cfg.redense_lr_factor``. Each phase is a fresh solver run (zero momentum, the lr policy
+    from its start) whose batch order comes from ``seed``.
+
+    ``masked=False`` is the fair baseline: the very same two phases, lengths, rates and batches, with no
+    mask (the dense net simply trains on).
+    """
+    s_cfg, d_cfg = _dsd_phases(cfg, sgd, batch_size, test_interval)
+    method = sparse_phase_method(spec, cfg) if masked else None
+    sparse, _ = run_training(spec, data, s_cfg, seed=seed, method=method, params=dense.params,
+                             masks=dense.masks)
+    sparse_error = final_test_error(sparse, data)
+    params, masks = release(sparse.params, sparse.masks)
+    final, _ = run_training(spec, data, d_cfg, seed=seed + 1, params=params, masks=masks)
+    return DSDResult(sparse, sparse_error, final, final_test_error(final, data))

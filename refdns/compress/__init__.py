@@ -6,6 +6,8 @@ pruned net (weights and masks) through the other two stages and into a file:
 
 - :mod:`~refdns.compress.quantize`: per-layer k-means weight sharing (sec. 3.1-3.2);
 - :mod:`~refdns.compress.shared`: shared weights from a codebook, and the centroid gradient (eq. 3);
+- :mod:`~refdns.compress.finetune`: trained quantization, SGD on the centroids through the training engine
+  (imported from its module: it stands on :mod:`refdns.train`, a floor above the rest of this package);
 - :mod:`~refdns.compress.huffman`: canonical Huffman coding (sec. 4);
 - :mod:`~refdns.compress.relindex`: the relative sparse index with filler entries (sec. 2, Fig. 2);
 - :mod:`~refdns.compress.rdc`: the ``.rdc`` file (format in data/SCHEMA.md);

@@ -241,6 +241,40 @@ def layer_bits(spec: NetSpec, bits: dict[str, int] | None = None) -> dict[str, i
             for op in spec.layers}
 
 
+#: Keys of :func:`expand_bits` that name a group of layers rather than one layer.
+BIT_GROUPS = {"all": KINDS, "conv": ("conv",), "fc": ("dense",), "dense": ("dense",)}
+
+
+def expand_bits(spec: NetSpec, given: dict[str, int] | None) -> dict[str, int]:
+    """Per-layer index widths from widths given by group (``all``, ``conv``, ``fc``) or by layer name.
+
+    A layer name overrides its group, and ``conv`` / ``fc`` override ``all``, whatever the order they come
+    in; layers nobody names keep :data:`DEFAULT_BITS`. This is the command line's ``--bits conv=8,ip1=4``.
+
+    Raises
+    ------
+    ConfigError
+        A key that is neither a group nor a layer of ``spec`` (a layer named like a group is ambiguous and
+        refused too), or a width outside [1, 16].
+    """
+    given = {} if given is None else dict(given)
+    clash = sorted(set(BIT_GROUPS) & set(spec.layer_names))
+    if clash:
+        raise ConfigError(f"{spec.name} has layers named {clash}, which --bits reads as layer groups")
+    unknown = sorted(set(given) - set(BIT_GROUPS) - set(spec.layer_names))
+    if unknown:
+        raise ConfigError(f"bits names {unknown}, neither a layer of {spec.name} {list(spec.layer_names)} "
+                          f"nor a group {sorted(BIT_GROUPS)}")
+    per_layer: dict[str, int] = {}
+    for group in ("all", "conv", "fc", "dense"):  # the more specific group wins
+        if group in given:
+            for op in spec.layers:
+                if op.kind in BIT_GROUPS[group]:
+                    per_layer[op.name] = given[group]
+    per_layer |= {k: v for k, v in given.items() if k in spec.layer_names}
+    return layer_bits(spec, per_layer)
+
+
 def quantize_net(spec: NetSpec, params: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None,
                  *, bits: dict[str, int] | None = None, max_iter: int = 300) -> tuple[QuantizedLayer, ...]:
     """Weight sharing for every parametric layer of a (pruned) net.

@@ -44,7 +44,8 @@ from refdns.compress.finetune import finetune_centroids
 from refdns.nets.sequential import error_rate
 from refdns.optim import SGDConfig
 from refdns.pipeline import experiment, load_data, read_compressed, reproduce
-from refdns.train import TrainConfig, effective_params, evaluate
+from refdns.run import TrainConfig, effective_params
+from refdns.train import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Han, Mao, Dally 2016, Table 1: (compression, error before, error after), pruned with Han et al.'s method.

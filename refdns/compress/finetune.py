@@ -44,7 +44,7 @@ from refdns.kernels.sgd import sgd_update
 from refdns.layers import softmax_cross_entropy
 from refdns.nets.sequential import NetSpec, backward, check_params, error_rate, forward
 from refdns.optim import SGDConfig, learning_rate, multipliers
-from refdns.train import BatchStream, TrainConfig
+from refdns.run import BatchStream, TrainConfig
 
 
 @dataclasses.dataclass

@@ -12,7 +12,7 @@ from refdns.compress import dequantize_net, quantize_net, read_rdc, write_rdc
 from refdns.compress.quantize import expand_bits
 from refdns.errors import ConfigError
 from refdns.nets import get_spec
-from refdns.train import TrainConfig, new_run
+from refdns.run import TrainConfig, new_run
 from tests.test_cli import run_cli
 
 

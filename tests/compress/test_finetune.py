@@ -18,7 +18,7 @@ from refdns.errors import CompressError, NonFiniteError
 from refdns.layers import softmax_cross_entropy
 from refdns.nets import backward, forward, get_spec, init_params
 from refdns.optim import SGDConfig
-from refdns.train import TrainConfig
+from refdns.run import TrainConfig
 from tests.compress.test_shared import TINY
 from tests.gradcheck import numerical_gradient, rel_error
 from tests.tolerances import GRADCHECK_RTOL

@@ -10,7 +10,8 @@ from refdns.nets import get_spec
 from refdns.optim import SGDConfig
 from refdns.pipeline import Data, run_dsd
 from refdns.prune.dsd import DSDConfig, release
-from refdns.train import TrainConfig, new_run, train
+from refdns.run import TrainConfig, new_run
+from refdns.train import train
 
 SPEC = get_spec("lenet-300-100")
 

@@ -25,7 +25,7 @@ FLOORS = [
     ("refdns.run", "refdns.compress.finetune"),
     ("refdns.train",),
     ("refdns.checkpoint",),
-    ("refdns.golden", "refdns.pipeline", "refdns.testing", "refdns.report", "refdns.sweep", "refdns.runfile",
+    ("refdns.golden", "refdns.pipeline", "refdns.netfiles", "refdns.testing", "refdns.report", "refdns.sweep", "refdns.runfile",
      "refdns.stats", "refdns.sensitivity"),
     ("refdns.cli", "refdns.__main__"),
 ]

@@ -43,7 +43,8 @@ from refdns.compress import compression_report, dequantize_net, format_report, q
 from refdns.compress.finetune import finetune_centroids
 from refdns.nets.sequential import error_rate
 from refdns.optim import SGDConfig
-from refdns.pipeline import experiment, load_data, read_compressed, reproduce
+from refdns.netfiles import read_compressed
+from refdns.pipeline import experiment, load_data, reproduce
 from refdns.run import TrainConfig, effective_params
 from refdns.train import evaluate
 

@@ -11,11 +11,8 @@ from refdns import checkpoint
 from refdns.atomic import check_inputs, check_outputs
 from refdns.cli.common import POSITIVE, _data_args, _floats, _output_args, write_json
 from refdns.errors import ConfigError
-from refdns.pipeline import (
-    layer_table,
-    load_data,
-    load_net,
-)
+from refdns.netfiles import load_net
+from refdns.pipeline import layer_table, load_data
 
 
 def cmd_eval(args) -> int:

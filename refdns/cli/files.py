@@ -63,7 +63,7 @@ def cmd_export(args) -> int:
 
 def cmd_compress(args) -> int:
     from refdns.compress import format_report
-    from refdns.pipeline import compress_checkpoint
+    from refdns.netfiles import compress_checkpoint
 
     check_inputs({"checkpoint": args.checkpoint})
     check_outputs({"--out": args.out, "--json": args.json}, inputs={"checkpoint": args.checkpoint},
@@ -80,7 +80,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
-    from refdns.pipeline import decompress_to_checkpoint
+    from refdns.netfiles import decompress_to_checkpoint
 
     check_inputs({"rdc": args.rdc})
     check_outputs({"--out": args.out}, inputs={"rdc": args.rdc}, force=args.force)

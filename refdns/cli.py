@@ -196,7 +196,7 @@ def _experiment(args, method: str | None, *, dense_from: str | None = None):
     if args.base_lr is not None:
         sgd["base_lr"] = args.base_lr
     common = dict(sgd=sgd, batch_size=args.batch_size, test_interval=args.test_interval, dataset=args.dataset,
-                  seed=args.seed, dense_from=dense_from)
+                  seed=args.seed, dense_from=dense_from, data_order=args.data_order)
     if method is None:
         return experiment(args.net, None, iterations=args.iterations, dense_iterations=args.iterations, **common)
     overrides = _method_overrides(args, args.net)
@@ -459,6 +459,8 @@ def _run_args(p, *, iterations: int | None, iterations_help: str) -> None:
     g.add_argument("--iterations", type=NATURAL, default=iterations, help=iterations_help)
     g.add_argument("--batch-size", type=POSITIVE, default=64, help="images per SGD step")
     g.add_argument("--seed", type=NATURAL, default=0, help="seeds init, batch order and mask draws")
+    g.add_argument("--data-order", default="shuffled", choices=["shuffled", "caffe"],
+                   help="batch order: a new shuffle each epoch, or caffe = file order, wrapping (Caffe's LMDB)")
     g.add_argument("--base-lr", type=_positive_float, default=None,
                    help="base learning rate (unset: 0.01, Caffe's; for pruning, the recipe's)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")

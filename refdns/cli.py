@@ -137,7 +137,8 @@ def _per_layer(text: str | None, layers, name: str, cast) -> dict[str, Any]:
     return out
 
 
-DNS_FLAGS = ("c_rate", "gamma", "power", "iter_stop", "reading", "update_every", "sensitivity_multiplier")
+DNS_FLAGS = ("c_rate", "gamma", "power", "iter_stop", "reading", "update_every", "sensitivity_multiplier", "draws",
+             "srand_seed")
 PRUNE_FLAGS = ("quality", "rounds", "round_iterations", "std", "restart_lr", "density", "scope")
 
 
@@ -159,7 +160,7 @@ def _method_overrides(args, net: str) -> dict[str, Any]:
                 cfg_layers[layer] = dataclasses.replace(cfg_layers[layer], **{f: value})
         if cfg_layers != base.layers:
             over["layers"] = cfg_layers
-        for f in ("reading", "update_every", "sensitivity_multiplier"):
+        for f in ("reading", "update_every", "sensitivity_multiplier", "draws", "srand_seed"):
             if getattr(args, f) is not None:
                 over[f] = getattr(args, f)
         return over
@@ -487,6 +488,11 @@ def _dns_args(p) -> None:
                    help="distiller reading only: update the masks every k iterations (default 1)")
     g.add_argument("--sensitivity-multiplier", type=float, default=None,
                    help="distiller reading only: c_rate grows by this factor per epoch (default 0)")
+    g.add_argument("--draws", default=None, choices=["numpy", "caffe"],
+                   help="mask-update draws: the run's generator (default), or caffe = the authors' glibc rand() "
+                   "stream and float32 arithmetic, to make their code's decisions exactly")
+    g.add_argument("--srand-seed", dest="srand_seed", type=NATURAL, default=None,
+                   help="--draws caffe: the rand() stream after srand(N) (default 1 = never seeded, as released)")
 
 
 def _prune_args(p) -> None:

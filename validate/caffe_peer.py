@@ -89,15 +89,23 @@ def dns_layers_from_prototxt(text: str) -> dict[str, DNSLayerConfig]:
 
 
 def run_caffe(caffe: Path, root: Path, net: Path, weights: Path, workdir: Path, *, max_iter: int,
-              snapshot: int, tag: str) -> tuple[Path, float, str]:
-    """One ``caffe train`` run; returns the snapshot prefix, the wall time and the log."""
+              snapshot: int, tag: str, env_extra: dict | None = None, test_at_end: bool = False
+              ) -> tuple[Path, float, str]:
+    """One ``caffe train`` run; returns the snapshot prefix, the wall time and the log.
+
+    Without ``env_extra`` the run has the never-seeded rand() stream; with ``test_at_end`` Caffe tests the
+    final net on the whole test set (100 batches of 100)."""
     workdir.mkdir(parents=True, exist_ok=True)
     prefix = workdir / tag
     solver = workdir / f"{tag}_solver.prototxt"
-    solver.write_text(SOLVER.format(net=net, test_interval=max_iter + 1, max_iter=max_iter, snapshot=snapshot,
-                                    prefix=prefix))
+    text = SOLVER.format(net=net, test_interval=max_iter if test_at_end else max_iter + 1, max_iter=max_iter,
+                         snapshot=snapshot, prefix=prefix)
+    if test_at_end:
+        text = text.replace("test_iter: 1\n", "test_iter: 100\n")
+    solver.write_text(text)
     env = os.environ | {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "GLOG_logtostderr": "1"}
-    env.pop("LD_PRELOAD", None)  # the never-seeded rand() stream
+    env.pop("LD_PRELOAD", None)
+    env |= env_extra or {}
     t0 = time.perf_counter()
     proc = subprocess.run([str(caffe), "train", f"--solver={solver}", f"--weights={weights}"], cwd=root, env=env,
                           capture_output=True, text=True)
@@ -131,6 +139,10 @@ def read_snapshot(prefix: Path, it: int, spec) -> tuple[dict, dict, dict]:
     return params, masks, velocity
 
 
+def _g3(x) -> float:
+    return float(f"{float(x):.3g}")
+
+
 def compare(state, caffe: tuple[dict, dict, dict]) -> dict:
     params, masks, velocity = caffe
     row = {}
@@ -140,9 +152,9 @@ def compare(state, caffe: tuple[dict, dict, dict]) -> dict:
         row[key] = {
             "mask_mismatch": int(np.count_nonzero(state.masks[key] != masks[key])),
             "kept": int(np.count_nonzero(masks[key])),
-            "max_abs": float(np.abs(w_ref - w_caffe).max()),
-            "max_rel": float(np.abs(w_ref - w_caffe).max()) / scale,
-            "v_max_abs": float(np.abs(state.velocity[key] - velocity[key]).max()),
+            "max_abs": _g3(np.abs(w_ref - w_caffe).max()),
+            "max_rel": _g3(np.abs(w_ref - w_caffe).max() / scale),
+            "v_max_abs": _g3(np.abs(state.velocity[key] - velocity[key]).max()),
             "identical": bool(np.array_equal(w_ref, w_caffe)),
         }
     return row
@@ -167,6 +179,179 @@ def explain_mask_mismatch(prev_ref: dict, prev_caffe: dict, state_before, now_re
     return out
 
 
+def _dns_run(spec, layers, x, y, iterations, *, draws, srand_seed=1, data_order="caffe", seed=0, params=None):
+    method = DNS(DNSConfig(layers=layers, draws=draws, srand_seed=srand_seed))
+    cfg = TrainConfig(iterations=iterations, test_interval=0, data_order=data_order)
+    state = new_run(spec, len(x), cfg, seed=seed, params=params)
+    t0 = time.perf_counter()
+    train(state, x, y, cfg, method=method)
+    return state, time.perf_counter() - t0
+
+
+def _kept(masks: dict, spec) -> dict[str, float]:
+    return {n: float(np.count_nonzero(masks[f"{n}.weight"])) / masks[f"{n}.weight"].size for n in spec.layer_names}
+
+
+def speed(args, caffe, root, spec, layers, x, y, params) -> dict:
+    """The same DNS run (``--until`` iterations, no snapshots, no tests) in both, one thread each, back to back."""
+    work = Path(tempfile.mkdtemp(prefix="caffe_speed_"))
+    _, caffe_secs, _ = run_caffe(caffe, root, args.prototxt.resolve(), args.model.resolve(), work,
+                                 max_iter=args.until, snapshot=0, tag="speed")
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"caffe: {args.until} iterations in {caffe_secs:.1f} s", flush=True)
+    _, ref_secs = _dns_run(spec, layers, x, y, args.until, draws="caffe", params=params)
+    print(f"refdns: {args.until} iterations in {ref_secs:.1f} s; ratio caffe/refdns {caffe_secs / ref_secs:.2f}",
+          flush=True)
+    return {"iterations": args.until, "caffe_seconds": caffe_secs, "refdns_seconds": ref_secs,
+            "caffe_over_refdns": caffe_secs / ref_secs}
+
+
+def seeds(args, caffe, root, spec, layers, x, y, params, out: Path) -> dict:
+    """Per seed: Caffe with srand(seed) (the shim), refdns's own draws in Caffe's order and shuffled."""
+    x_test, y_test = load_mnist("test", data_dir=args.data_dir or os.environ.get("REFDNS_DATA"), download=False)
+    from refdns.train import evaluate
+
+    work = Path(tempfile.mkdtemp(prefix="caffe_seeds_"))
+    shim = work / "srand_shim.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(shim), str(args.shim)], check=True)
+    res = json.loads(out.read_text()) if out.exists() else {"runs": []}
+    done = {(r["impl"], r["seed"]) for r in res["runs"]}
+    test_prototxt = args.prototxt.resolve()
+    for seed in args.seeds:
+        if ("caffe", seed) not in done:
+            env_extra = {"LD_PRELOAD": str(shim), "DNS_SRAND": str(seed)}
+            prefix, secs, log = run_caffe(caffe, root, test_prototxt, args.model.resolve(), work,
+                                          max_iter=args.until, snapshot=0, tag=f"seed{seed}", env_extra=env_extra,
+                                          test_at_end=True)
+            acc = [float(m) for m in re.findall(r"Test net output #\d+: accuracy = ([0-9.]+)", log)]
+            layers_c = read_caffemodel(f"{prefix}_iter_{args.until}.caffemodel")
+            _, masks = caffemodel_to_params(layers_c, spec.layer_names, spec.param_shapes())
+            res["runs"].append({"impl": "caffe", "seed": seed, "test_error": 1 - acc[-1], "kept": _kept(masks, spec),
+                                "seconds": secs})
+            out.write_text(json.dumps(res, indent=1))
+            print(res["runs"][-1], flush=True)
+        for order in ("caffe", "shuffled"):
+            impl = f"refdns-{order}"
+            if (impl, seed) in done:
+                continue
+            state, secs = _dns_run(spec, layers, x, y, args.until, draws="numpy", data_order=order, seed=seed,
+                                   params=params)
+            res["runs"].append({"impl": impl, "seed": seed, "test_error": evaluate(state, x_test, y_test),
+                                "kept": _kept(state.masks, spec), "seconds": secs})
+            out.write_text(json.dumps(res, indent=1))
+            print(res["runs"][-1], flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+class _ReversedBatches:
+    """The same batches, each in reverse order: only the order of the float32 sums over the batch changes."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def next_indices(self):
+        return self.stream.next_indices()[::-1]
+
+
+def chaos(args, spec, layers, x, y, params) -> dict:
+    """refdns against itself with each batch reversed (the same sums, added in another order).
+
+    If refdns and Caffe part only through float rounding, two refdns runs that differ only in summation order
+    must part at the same pace: this measures that pace at the same checkpoints as the Caffe comparison.
+    """
+    method = DNS(DNSConfig(layers=layers, draws="caffe", srand_seed=1))
+    cfg = TrainConfig(iterations=args.until, test_interval=0, data_order="caffe")
+    a = new_run(spec, len(x), cfg, seed=0, params=params)
+    b = new_run(spec, len(x), cfg, seed=0, params=params)
+    b.data = _ReversedBatches(b.data)
+    rows = []
+    for k in range(args.every, args.until + 1, args.every):
+        train(a, x, y, cfg, method=method, until=k)
+        train(b, x, y, cfg, method=method, until=k)
+        row = {"iteration": k,
+               "mask_mismatch": sum(int(np.count_nonzero(a.masks[key] != b.masks[key])) for key in a.masks),
+               "max_rel": max(float(np.abs(a.params[key] - b.params[key]).max()) / float(np.abs(a.params[key]).max())
+                              for key in a.params)}
+        rows.append(row)
+        print(row, flush=True)
+    return {"every": args.every, "until": args.until, "rows": rows}
+
+
+def window(args, caffe, root, spec, layers, x, y, params) -> dict:
+    """Every iteration from ``--start`` to ``--until``: Caffe snapshots each step (the earlier ones deleted as they
+    appear), refdns is compared at each, and every entry whose mask differs is shown beside its threshold."""
+    work = Path(tempfile.mkdtemp(prefix="caffe_window_"))
+    prefix = work / "w"
+    solver = work / "w_solver.prototxt"
+    solver.write_text(SOLVER.format(net=args.prototxt.resolve(), test_interval=args.until + 1, max_iter=args.until,
+                                    snapshot=1, prefix=prefix))
+    env = os.environ | {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "GLOG_logtostderr": "1"}
+    env.pop("LD_PRELOAD", None)
+    with open(work / "w.log", "w") as log:
+        proc = subprocess.Popen([str(caffe), "train", f"--solver={solver}", f"--weights={args.model.resolve()}"],
+                                cwd=root, env=env, stdout=log, stderr=log)
+        while proc.poll() is None:  # keep only the window's snapshots (4 MB each)
+            for f in work.glob("w_iter_*"):
+                if int(f.name.split("_")[2].split(".")[0]) < args.start - 1:
+                    f.unlink(missing_ok=True)
+            time.sleep(0.2)
+    if proc.returncode != 0:
+        raise RuntimeError(f"caffe exited with {proc.returncode}; log in {work / 'w.log'}")
+    method = DNS(DNSConfig(layers=layers, draws="caffe", srand_seed=1))
+    cfg = TrainConfig(iterations=args.until, test_interval=0, data_order="caffe")
+    state = new_run(spec, len(x), cfg, seed=0, params=params)
+    train(state, x, y, cfg, method=method, until=args.start - 1)
+    prev_caffe, prev_caffe_masks, _ = read_snapshot(prefix, args.start - 1, spec)
+    rows, events = [], []
+    for k in range(args.start, args.until + 1):
+        prev_ref = {kk: v.copy() for kk, v in state.params.items()}
+        prev_masks = {kk: v.copy() for kk, v in state.masks.items()}
+        n_rec = len(state.history.mask_updates)
+        train(state, x, y, cfg, method=method, until=k)
+        snap = read_snapshot(prefix, k, spec)
+        row = compare(state, snap)
+        mm = sum(r["mask_mismatch"] for r in row.values())
+        rows.append({"iteration": k, "mask_mismatch": mm, "max_rel": max(r["max_rel"] for r in row.values()),
+                     "fired": [r.layer for r in state.history.mask_updates[n_rec:]]})
+        if len(rows) > 1 and rows[-1]["max_rel"] > 4 * max(rows[-2]["max_rel"], 1e-9) and "jump" not in locals():
+            jump = relu_flips(spec, prev_ref, prev_masks, prev_caffe, prev_caffe_masks, x, (k - 1) * cfg.batch_size,
+                              cfg.batch_size)
+            jump = {"iteration": k, "rel_before": rows[-2]["max_rel"], "rel_after": rows[-1]["max_rel"],
+                    "per_tensor": {kk: r["max_rel"] for kk, r in row.items()}} | jump
+            print("jump:", jump, flush=True)
+        if mm:
+            for e in explain_mask_mismatch(prev_ref, prev_caffe, None, state.masks, snap[1], state.method_state):
+                events.append({"iteration": k} | e)
+        if mm or k % 10 == 0:
+            print(rows[-1], flush=True)
+        prev_caffe, prev_caffe_masks = snap[0], snap[1]
+    shutil.rmtree(work, ignore_errors=True)
+    return {"start": args.start, "until": args.until, "rows": rows, "mask_events": events[:50],
+            "jump": locals().get("jump")}
+
+
+def relu_flips(spec, p_ref, m_ref, p_caffe, m_caffe, x, start, n) -> dict:
+    """The batch of iteration k-1 through both nets as they were before it (MLPs): ReLU inputs whose sign
+    differs between refdns's and Caffe's weights, with their values (masks as before the step's update)."""
+    idx = (start + np.arange(n)) % len(x)
+    h_r = h_c = x[idx].reshape(n, -1)
+    flips = []
+    names = list(spec.layer_names)
+    for i, name in enumerate(names):
+        w, b = f"{name}.weight", f"{name}.bias"
+        z_r = h_r @ (p_ref[w] * m_ref[w]).T + p_ref[b] * m_ref[b]
+        z_c = h_c @ (p_caffe[w] * m_caffe[w]).T + p_caffe[b] * m_caffe[b]
+        if i == len(names) - 1:
+            break
+        diff = np.argwhere((z_r > 0) != (z_c > 0))
+        for s_, u in diff[:10]:
+            flips.append({"layer": name, "sample": int(s_), "unit": int(u), "z_refdns": float(z_r[s_, u]),
+                          "z_caffe": float(z_c[s_, u])})
+        h_r, h_c = np.maximum(z_r, 0), np.maximum(z_c, 0)
+    return {"relu_flips": flips}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--caffe", required=True, type=Path, help="the built tools/caffe binary of the DNS fork")
@@ -181,6 +366,13 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--workdir", type=Path, default=None, help="keep Caffe's snapshots here (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="--steps 20 --until 200 --every 50")
+    ap.add_argument("--mode", default="steps", choices=["steps", "speed", "seeds", "chaos", "window"],
+                    help="steps: the step-by-step comparison; speed: wall time of --until iterations in each; "
+                    "seeds: final kept fractions and test errors over --seeds; chaos: refdns against itself "
+                    "with each batch summed in reverse order; window: every step from --start to --until")
+    ap.add_argument("--start", type=int, default=1, help="window mode: the first iteration compared")
+    ap.add_argument("--seeds", type=lambda v: [int(s) for s in v.split(",")], default=[1, 2, 3, 4, 5])
+    ap.add_argument("--shim", type=Path, help="seeds mode: srand_shim.c (seeds Caffe's rand() from $DNS_SRAND)")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default validate/results/caffe_peer_<net>.json)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -194,6 +386,20 @@ def main(argv=None) -> int:
     cfg = TrainConfig(iterations=args.until, test_interval=0, data_order="caffe")
     data_dir = args.data_dir or os.environ.get("REFDNS_DATA")
     x, y = load_mnist("train", data_dir=data_dir, download=False)
+    if args.mode != "steps":
+        params, _ = caffemodel_to_params(read_caffemodel(args.model), spec.layer_names, spec.param_shapes())
+        out = args.out or RESULTS / f"caffe_peer_{args.net}_{args.mode}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if args.mode == "window":
+            out.write_text(json.dumps(window(args, caffe, root, spec, layers, x, y, params), indent=1))
+        elif args.mode == "chaos":
+            out.write_text(json.dumps(chaos(args, spec, layers, x, y, params), indent=1))
+        elif args.mode == "speed":
+            out.write_text(json.dumps(speed(args, caffe, root, spec, layers, x, y, params), indent=1))
+        else:
+            seeds(args, caffe, root, spec, layers, x, y, params, out)
+        print(f"wrote {out}")
+        return 0
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="caffe_peer_"))
     print(f"caffe snapshots in {work}", flush=True)
@@ -247,12 +453,27 @@ def main(argv=None) -> int:
     }
     out = args.out or RESULTS / f"caffe_peer_{args.net}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(render(result))
+    out.write_text(json.dumps(slim(result), separators=(",", ":")))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def slim(res: dict) -> dict:
+    """Per-tensor rows only up to the first difference and at the --every checkpoints; totals elsewhere."""
+    first = (res["first_difference"] or {}).get("iteration", res["until"])
+    rows = []
+    for r in res["rows"]:
+        k, t = r["iteration"], r["tensors"]
+        if k <= 10 or k % res["every"] == 0 or k == first:
+            rows.append(r)
+        else:
+            rows.append({"iteration": k, "mask_mismatch": sum(x["mask_mismatch"] for x in t.values()),
+                         "max_rel": max(x["max_rel"] for x in t.values()),
+                         "v_max_abs": max(x["v_max_abs"] for x in t.values())})
+    return res | {"rows": rows}
 
 
 def render(res: dict) -> str:

@@ -199,6 +199,7 @@ def speed(args, caffe, root, spec, layers, x, y, params) -> dict:
                                  max_iter=args.until, snapshot=0, tag="speed")
     shutil.rmtree(work, ignore_errors=True)
     print(f"caffe: {args.until} iterations in {caffe_secs:.1f} s", flush=True)
+    _dns_run(spec, layers, x, y, 50, draws="caffe", params=params)  # compile / load the Numba kernels untimed
     _, ref_secs = _dns_run(spec, layers, x, y, args.until, draws="caffe", params=params)
     print(f"refdns: {args.until} iterations in {ref_secs:.1f} s; ratio caffe/refdns {caffe_secs / ref_secs:.2f}",
           flush=True)
@@ -229,9 +230,10 @@ def seeds(args, caffe, root, spec, layers, x, y, params, out: Path) -> dict:
             res["runs"].append({"impl": "caffe", "seed": seed, "test_error": 1 - acc[-1], "kept": _kept(masks, spec),
                                 "seconds": secs})
             out.write_text(json.dumps(res, indent=1))
+            out.with_suffix(".md").write_text(render_seeds(res))
             print(res["runs"][-1], flush=True)
         for order in ("caffe", "shuffled"):
-            impl = f"refdns-{order}"
+            impl = "refdns-fileorder" if order == "caffe" else "refdns-shuffled"
             if (impl, seed) in done:
                 continue
             state, secs = _dns_run(spec, layers, x, y, args.until, draws="numpy", data_order=order, seed=seed,
@@ -239,6 +241,7 @@ def seeds(args, caffe, root, spec, layers, x, y, params, out: Path) -> dict:
             res["runs"].append({"impl": impl, "seed": seed, "test_error": evaluate(state, x_test, y_test),
                                 "kept": _kept(state.masks, spec), "seconds": secs})
             out.write_text(json.dumps(res, indent=1))
+            out.with_suffix(".md").write_text(render_seeds(res))
             print(res["runs"][-1], flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return res
@@ -331,6 +334,39 @@ def window(args, caffe, root, spec, layers, x, y, params) -> dict:
             "jump": locals().get("jump")}
 
 
+def kink(args, caffe, root, spec, x, y, params, layers) -> dict:
+    """Iteration ``--start`` (K) in both, from their own states after K iterations: the weights before and
+    after, the ReLU inputs whose sign differs on K's batch, and the entry that differs most afterwards.
+
+    Caffe runs to K and to K+1 with only the final snapshot, so no per-step snapshots are needed."""
+    k0 = args.start
+    work = Path(tempfile.mkdtemp(prefix="caffe_kink_"))
+    for k in (k0, k0 + 1):
+        run_caffe(caffe, root, args.prototxt.resolve(), args.model.resolve(), work, max_iter=k, snapshot=0,
+                  tag=f"k{k}")
+    method = DNS(DNSConfig(layers=layers, draws="caffe", srand_seed=1))
+    cfg = TrainConfig(iterations=k0 + 1, test_interval=0, data_order="caffe")
+    st = new_run(spec, len(x), cfg, seed=0, params=params)
+    train(st, x, y, cfg, method=method, until=k0)
+    pc, _, _ = read_snapshot(work / f"k{k0}", k0, spec)
+    before = {k: v.copy() for k, v in st.params.items()}
+    train(st, x, y, cfg, method=method, until=k0 + 1)
+    pc1, mc1, _ = read_snapshot(work / f"k{k0 + 1}", k0 + 1, spec)
+    shutil.rmtree(work, ignore_errors=True)
+    res = {"iteration": k0,
+           "rel_before": {k: _g3(np.abs(before[k] - pc[k]).max() / np.abs(pc[k]).max()) for k in pc},
+           "rel_after": {k: _g3(np.abs(st.params[k] - pc1[k]).max() / np.abs(pc1[k]).max()) for k in pc1},
+           "masks_equal_after": all(np.array_equal(st.masks[k], mc1[k]) for k in mc1)}
+    # the step's forward used the masks after its own update, which both hold (checked above)
+    res |= relu_flips(spec, before, st.masks, pc, mc1, x, k0 * cfg.batch_size, cfg.batch_size)
+    for key in st.params:
+        d = np.abs(st.params[key] - pc1[key])
+        i = np.unravel_index(d.argmax(), d.shape)
+        res.setdefault("worst", {})[key] = {"index": [int(v) for v in i], "refdns": float(st.params[key][i]),
+                                            "caffe": float(pc1[key][i])}
+    return res
+
+
 def relu_flips(spec, p_ref, m_ref, p_caffe, m_caffe, x, start, n) -> dict:
     """The batch of iteration k-1 through both nets as they were before it (MLPs): ReLU inputs whose sign
     differs between refdns's and Caffe's weights, with their values (masks as before the step's update)."""
@@ -366,10 +402,11 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--workdir", type=Path, default=None, help="keep Caffe's snapshots here (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="--steps 20 --until 200 --every 50")
-    ap.add_argument("--mode", default="steps", choices=["steps", "speed", "seeds", "chaos", "window"],
+    ap.add_argument("--mode", default="steps", choices=["steps", "speed", "seeds", "chaos", "window", "kink"],
                     help="steps: the step-by-step comparison; speed: wall time of --until iterations in each; "
                     "seeds: final kept fractions and test errors over --seeds; chaos: refdns against itself "
-                    "with each batch summed in reverse order; window: every step from --start to --until")
+                    "with each batch summed in reverse order; window: every step from --start to --until; "
+                    "kink: iteration --start in both, which ReLU inputs changed sign")
     ap.add_argument("--start", type=int, default=1, help="window mode: the first iteration compared")
     ap.add_argument("--seeds", type=lambda v: [int(s) for s in v.split(",")], default=[1, 2, 3, 4, 5])
     ap.add_argument("--shim", type=Path, help="seeds mode: srand_shim.c (seeds Caffe's rand() from $DNS_SRAND)")
@@ -390,7 +427,9 @@ def main(argv=None) -> int:
         params, _ = caffemodel_to_params(read_caffemodel(args.model), spec.layer_names, spec.param_shapes())
         out = args.out or RESULTS / f"caffe_peer_{args.net}_{args.mode}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        if args.mode == "window":
+        if args.mode == "kink":
+            out.write_text(json.dumps(kink(args, caffe, root, spec, x, y, params, layers), indent=1))
+        elif args.mode == "window":
             out.write_text(json.dumps(window(args, caffe, root, spec, layers, x, y, params), indent=1))
         elif args.mode == "chaos":
             out.write_text(json.dumps(chaos(args, spec, layers, x, y, params), indent=1))
@@ -459,6 +498,24 @@ def main(argv=None) -> int:
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def render_seeds(res: dict) -> str:
+    """Per implementation: kept fraction per layer and test error, mean +- sd over the seeds run."""
+    impls = sorted({r["impl"] for r in res["runs"]}, key=["caffe", "refdns-fileorder", "refdns-shuffled"].index)
+    layers = list(res["runs"][0]["kept"])
+    lines = ["| implementation | seeds | " + " | ".join(f"{n} kept %" for n in layers) + " | test error % |",
+             "|---|---|" + "---:|" * (len(layers) + 1)]
+    for impl in impls:
+        runs = [r for r in res["runs"] if r["impl"] == impl]
+
+        def ms(vals):
+            v = 100 * np.asarray(vals)
+            return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+        cells = [ms([r["kept"][n] for r in runs]) for n in layers] + [ms([r["test_error"] for r in runs])]
+        lines.append(f"| {impl} | {','.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def slim(res: dict) -> dict:

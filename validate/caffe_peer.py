@@ -368,23 +368,45 @@ def kink(args, caffe, root, spec, x, y, params, layers) -> dict:
 
 
 def relu_flips(spec, p_ref, m_ref, p_caffe, m_caffe, x, start, n) -> dict:
-    """The batch of iteration k-1 through both nets as they were before it (MLPs): ReLU inputs whose sign
-    differs between refdns's and Caffe's weights, with their values (masks as before the step's update)."""
+    """The batch of iteration k-1 through both nets as they were before it: every kink taken differently.
+
+    ReLU: inputs whose sign differs between refdns's and Caffe's weights. Max pooling (2x2, stride 2): windows
+    whose winner differs, with the gap between the two largest inputs. Masks as the step used them."""
+    from refdns.nets.sequential import forward
+
     idx = (start + np.arange(n)) % len(x)
-    h_r = h_c = x[idx].reshape(n, -1)
+    xb = x[idx]
+    outs = []
+    for p, m in ((p_ref, m_ref), (p_caffe, m_caffe)):
+        _, cache = forward(spec, {k: p[k] * m[k] for k in p}, xb, keep_outputs=True)
+        outs.append(cache.outputs)
     flips = []
-    names = list(spec.layer_names)
-    for i, name in enumerate(names):
-        w, b = f"{name}.weight", f"{name}.bias"
-        z_r = h_r @ (p_ref[w] * m_ref[w]).T + p_ref[b] * m_ref[b]
-        z_c = h_c @ (p_caffe[w] * m_caffe[w]).T + p_caffe[b] * m_caffe[b]
-        if i == len(names) - 1:
-            break
-        diff = np.argwhere((z_r > 0) != (z_c > 0))
-        for s_, u in diff[:10]:
-            flips.append({"layer": name, "sample": int(s_), "unit": int(u), "z_refdns": float(z_r[s_, u]),
-                          "z_caffe": float(z_c[s_, u])})
-        h_r, h_c = np.maximum(z_r, 0), np.maximum(z_c, 0)
+    for i, op in enumerate(spec.ops):
+        if i == 0 or op.kind not in ("relu", "pool"):
+            continue
+        a, b = outs[0][i - 1], outs[1][i - 1]  # the op's input in each run
+        where = spec.ops[i - 1].name or spec.ops[i - 1].kind
+        if op.kind == "relu":
+            for s_, u in np.argwhere((a > 0) != (b > 0))[:10]:
+                flips.append({"kink": f"relu after {where}", "sample": int(s_), "unit": int(u),
+                              "input_refdns": float(a[s_, u]), "input_caffe": float(b[s_, u])})
+        else:
+            N, C, H, W = a.shape
+            k = op.size
+
+            def windows(t, k=k, N=N, C=C, H=H, W=W):
+                t = t[:, :, : H // k * k, : W // k * k].reshape(N, C, H // k, k, W // k, k)
+                return t.transpose(0, 1, 2, 4, 3, 5).reshape(N, C, H // k, W // k, k * k)
+
+            wa, wb = windows(a), windows(b)
+            ga, gb = wa.argmax(-1), wb.argmax(-1)
+            for pos in np.argwhere(ga != gb)[:10]:
+                va, vb = wa[tuple(pos)], wb[tuple(pos)]
+                top = np.sort(va)[-2:]
+                flips.append({"kink": f"max pool after {where}", "sample": int(pos[0]),
+                              "unit": [int(v) for v in pos[1:]], "winner_refdns": int(ga[tuple(pos)]),
+                              "winner_caffe": int(gb[tuple(pos)]), "top_two_refdns": [float(t) for t in top],
+                              "top_two_caffe": [float(t) for t in np.sort(vb)[-2:]]})
     return {"relu_flips": flips}
 
 

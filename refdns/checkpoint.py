@@ -11,7 +11,8 @@ Layout (schema 2; schema 1 is the same without ``manifest``)::
     /masks/<layer>/weight, bias              uint8, 0 or 1
     /optimizer/velocity/<layer>/weight, bias float32 (Caffe momentum history)
     /method_state/<name>                     method arrays (DNS thresholds a, b, ...)
-    /rng/data   attrs: bit_generator (JSON), pos, batch_size, order ("shuffled" if absent); dataset perm (int64)   -- the batch order
+    /rng/data   attrs: bit_generator (JSON), pos, batch_size, order ("shuffled" if absent);
+                dataset perm (int64)                                              -- the batch order
     /rng/mask   attrs: bit_generator (JSON)                               -- DNS's Bernoulli draws
     /history/loss, lr, test_error            (n, 2) float64: iteration, value
     /history/mask_updates/<column>           one row per (update, layer): iteration, layer, pruned, ...

@@ -137,8 +137,8 @@ def _per_layer(text: str | None, layers, name: str, cast) -> dict[str, Any]:
     return out
 
 
-DNS_FLAGS = ("c_rate", "gamma", "power", "iter_stop", "reading", "update_every", "sensitivity_multiplier", "draws",
-             "srand_seed")
+DNS_FLAGS = ("c_rate", "gamma", "power", "iter_stop", "reading", "update_every", "sensitivity_multiplier",
+             "draws", "srand_seed")
 PRUNE_FLAGS = ("quality", "rounds", "round_iterations", "std", "restart_lr", "density", "scope")
 
 
@@ -461,7 +461,7 @@ def _run_args(p, *, iterations: int | None, iterations_help: str) -> None:
     g.add_argument("--batch-size", type=POSITIVE, default=64, help="images per SGD step")
     g.add_argument("--seed", type=NATURAL, default=0, help="seeds init, batch order and mask draws")
     g.add_argument("--data-order", default="shuffled", choices=["shuffled", "caffe"],
-                   help="batch order: a new shuffle each epoch, or caffe = file order, wrapping (Caffe's LMDB)")
+                   help="batch order: a new shuffle each epoch, or caffe = file order, wrapping (Caffe)")
     g.add_argument("--base-lr", type=_positive_float, default=None,
                    help="base learning rate (unset: 0.01, Caffe's; for pruning, the recipe's)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -489,10 +489,10 @@ def _dns_args(p) -> None:
     g.add_argument("--sensitivity-multiplier", type=float, default=None,
                    help="distiller reading only: c_rate grows by this factor per epoch (default 0)")
     g.add_argument("--draws", default=None, choices=["numpy", "caffe"],
-                   help="mask-update draws: the run's generator (default), or caffe = the authors' glibc rand() "
-                   "stream and float32 arithmetic, to make their code's decisions exactly")
+                   help="mask-update draws: the run's generator (default), or caffe = the authors' glibc "
+                   "rand() stream and float32 arithmetic, to make their code's decisions exactly")
     g.add_argument("--srand-seed", dest="srand_seed", type=NATURAL, default=None,
-                   help="--draws caffe: the rand() stream after srand(N) (default 1 = never seeded, as released)")
+                   help="--draws caffe: the rand() stream after srand(N) (default 1: never seeded)")
 
 
 def _prune_args(p) -> None:

@@ -1,4 +1,4 @@
-"""--data-order and --draws/--srand-seed turn argv into the experiment's settings (no training run; `refdns dns` takes the same surgery flags)."""
+"""--data-order, --draws and --srand-seed reach the experiment's settings (argv only, no training)."""
 
 import pytest
 
@@ -13,8 +13,21 @@ def _exp(*argv):
 
 
 def test_dns_takes_caffe_order_and_draws():
-    exp = _exp("reproduce", "--method", "dns", "--net", "lenet-300-100", "--recipe", "authors", "--data-order", "caffe", "--draws", "caffe",
-               "--srand-seed", "7")
+    exp = _exp(
+        "reproduce",
+        "--method",
+        "dns",
+        "--net",
+        "lenet-300-100",
+        "--recipe",
+        "authors",
+        "--data-order",
+        "caffe",
+        "--draws",
+        "caffe",
+        "--srand-seed",
+        "7",
+    )
     assert exp.train.data_order == "caffe" and exp.dense.data_order == "caffe"
     assert exp.method.config.draws == "caffe" and exp.method.config.srand_seed == 7
 
@@ -27,4 +40,14 @@ def test_defaults_stay_shuffled_and_numpy():
 
 def test_caffe_draws_need_the_caffe_reading():
     with pytest.raises(ConfigError, match="reading='caffe'"):
-        _exp("reproduce", "--method", "dns", "--net", "lenet-300-100", "--draws", "caffe", "--reading", "distiller")
+        _exp(
+            "reproduce",
+            "--method",
+            "dns",
+            "--net",
+            "lenet-300-100",
+            "--draws",
+            "caffe",
+            "--reading",
+            "distiller",
+        )

@@ -98,7 +98,7 @@ def test_new_run_splits_the_seed_into_independent_streams():
 
 
 def test_caffe_order_reads_the_file_in_order_and_wraps():
-    """Caffe's LMDB data layer: consecutive batches in file order, the last one running over into the first."""
+    """Caffe's LMDB data layer: consecutive batches in file order, the last one running into the first."""
     rng = np.random.default_rng(0)
     before = rng.bit_generator.state
     s = BatchStream(10, 4, rng=rng, order="caffe")

@@ -269,7 +269,8 @@ class DNS(PruningMethod):
     @staticmethod
     def _rand_state(g: GlibcRand) -> dict[str, np.ndarray]:
         st = g.get_state()
-        return {"rand.table": np.array(st.table, dtype=np.uint32), "rand.pos": np.array(st.pos, dtype=np.int64)}
+        return {"rand.table": np.array(st.table, dtype=np.uint32),
+                "rand.pos": np.array(st.pos, dtype=np.int64)}
 
     def _glibc(self, state) -> GlibcRand:
         """draws='caffe': the rand() stream where the method state left it (a fresh srand on first use)."""
@@ -285,8 +286,8 @@ class DNS(PruningMethod):
         if key not in state:
             w, b = params[f"{layer}.weight"], params[f"{layer}.bias"]
             if cfg.draws == "caffe":
-                stats = caffe_thresholds_f32(w, b, masks[f"{layer}.weight"], masks[f"{layer}.bias"], lc.c_rate,
-                                             cfg.band)
+                stats = caffe_thresholds_f32(w, b, masks[f"{layer}.weight"], masks[f"{layer}.bias"],
+                                             lc.c_rate, cfg.band)
             elif cfg.reading == "caffe":
                 stats = caffe_thresholds(w, b, masks[f"{layer}.weight"], masks[f"{layer}.bias"], lc.c_rate, cfg.band)
             else:
@@ -298,7 +299,8 @@ class DNS(PruningMethod):
         a, b = float(state[f"{layer}.a"]), float(state[f"{layer}.b"])
         return a, b
 
-    def _fires(self, lc: DNSLayerConfig, iteration: int, rng: np.random.Generator, glibc: GlibcRand | None) -> bool:
+    def _fires(self, lc: DNSLayerConfig, iteration: int, rng: np.random.Generator,
+               glibc: GlibcRand | None) -> bool:
         if glibc is not None:
             return caffe_fires(lc, iteration, glibc.uniform())
         if self.config.reading == "caffe":

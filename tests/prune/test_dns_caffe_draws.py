@@ -1,4 +1,4 @@
-"""DNS with ``draws="caffe"``: the authors' glibc rand() stream and float32 arithmetic, and bit-exact resume."""
+"""DNS with ``draws="caffe"``: the authors' glibc rand() stream and float32 arithmetic; bit-exact resume."""
 
 import numpy as np
 import pytest
@@ -18,9 +18,14 @@ TINY = NetSpec(
     name="tiny",
     input_shape=(1, 3, 3),
     n_classes=3,
-    ops=(Op("flatten"), Op("dense", "fc1", w_shape=(5, 9), b_shape=(5,)), Op("relu"),
-         Op("dense", "fc2", w_shape=(3, 5), b_shape=(3,)), Op("relu"),
-         Op("dense", "fc3", w_shape=(3, 3), b_shape=(3,))),
+    ops=(
+        Op("flatten"),
+        Op("dense", "fc1", w_shape=(5, 9), b_shape=(5,)),
+        Op("relu"),
+        Op("dense", "fc2", w_shape=(3, 5), b_shape=(3,)),
+        Op("relu"),
+        Op("dense", "fc3", w_shape=(3, 3), b_shape=(3,)),
+    ),
 )
 # glibc rand() after srand(1) (the never-seeded stream): the first values every glibc program prints
 GLIBC_SEED1 = [1804289383, 846930886, 1681692777, 1714636915, 1957747793, 424238335]
@@ -32,8 +37,10 @@ def caffe_dns(gamma=0.0, iter_stop=10**6, srand_seed=1):
 
 
 def _tiny(rng):
-    params = {k: rng.normal(0, 1, v.shape).astype(np.float32)
-              for k, v in init_params(TINY, rng=rng, dtype=np.float32).items()}
+    params = {
+        k: rng.normal(0, 1, v.shape).astype(np.float32)
+        for k, v in init_params(TINY, rng=rng, dtype=np.float32).items()
+    }
     return params, {k: np.ones(v.shape, bool) for k, v in params.items()}
 
 
@@ -46,11 +53,14 @@ def test_draws_are_glibc_rand_in_layer_order(rng):
     r = np.array(GLIBC_SEED1, dtype=np.float64) / 2**31
     for it, draws in ((1, r[:3]), (1, r[3:])):
         records = method.update_masks(it, params, masks, state, np.random.default_rng(0))
-        fired = [n for n, d in zip(("fc1", "fc2", "fc3"), draws) if d < 0.6]
+        fired = [n for n, d in zip(("fc1", "fc2", "fc3"), draws, strict=True) if d < 0.6]
         assert [rec.layer for rec in records] == fired
     g = GlibcRand(1)
     g.rand_n(6)
-    assert np.array_equal(state["rand.table"], g.get_state().table) and int(state["rand.pos"]) == g.get_state().pos
+    assert (
+        np.array_equal(state["rand.table"], g.get_state().table)
+        and int(state["rand.pos"]) == g.get_state().pos
+    )
 
 
 def test_draws_are_taken_after_iter_stop(rng):
@@ -134,8 +144,9 @@ def test_resume_mid_run_is_bit_exact_with_caffe_draws(small, tmp_path):
     """N steps, save, load, N more == 2N straight: params, masks, velocity, surgery records, rand() state."""
     x, y = small
     method = DNS(default_config("lenet-300-100", draws="caffe"))
-    method = method.with_overrides(layers={n: DNSLayerConfig(c_rate=1.0, gamma=0.5, iter_stop=1000)
-                                           for n in ("ip1", "ip2", "ip3")})
+    method = method.with_overrides(
+        layers={n: DNSLayerConfig(c_rate=1.0, gamma=0.5, iter_stop=1000) for n in ("ip1", "ip2", "ip3")}
+    )
     cfg = TrainConfig(iterations=30, test_interval=0, data_order="caffe")
     spec = get_spec("lenet-300-100")
 
@@ -144,7 +155,9 @@ def test_resume_mid_run_is_bit_exact_with_caffe_draws(small, tmp_path):
 
     straight = train(fresh(), x, y, cfg, method=method)
     half = train(fresh(), x, y, cfg, method=method, until=13)
-    ck = checkpoint.load(checkpoint.save(tmp_path / "half.h5", half, method="dns", config=method.config_dict()))
+    ck = checkpoint.load(
+        checkpoint.save(tmp_path / "half.h5", half, method="dns", config=method.config_dict())
+    )
     resumed = train(ck.state, x, y, cfg, method=method)
     for group in ("params", "masks", "velocity"):
         a, b = getattr(straight, group), getattr(resumed, group)

@@ -175,6 +175,9 @@ def caffe_thresholds_f32(w: np.ndarray, b: np.ndarray, wmask: np.ndarray, bmask:
     ``t = max(mu + c_rate*std, 0)`` in float32, and compares ``fabs(w) <= 0.9*t`` and ``> 1.1*t`` in double.
     ``a`` and ``b`` come back as the largest float32 at or below ``0.9*t`` and ``1.1*t`` (double): for a
     float32 |w|, ``|w| <= a`` and ``|w| > b`` then decide exactly as the double comparisons do.
+
+    Like :func:`caffe_thresholds` it pools W*T (as the fork's conv layer does; its inner product layer pools
+    the raw W): the two agree whenever surgery starts from all-ones masks, as from any dense model.
     """
     f32 = np.float32
     v = np.concatenate([(w * wmask).ravel(), (b * bmask).ravel()]).astype(f32)
@@ -204,7 +207,9 @@ def caffe_fires(lc: DNSLayerConfig, iteration: int, r: np.float32) -> bool:
     """The fork's ``powf(1 + gamma*iter, -power) > r && iter < iter_stop``, every operand float32."""
     f32 = np.float32
     x = f32(1) + f32(lc.gamma) * f32(iteration)
-    prob = f32(float(x) ** -float(f32(lc.power)))  # powf, correctly rounded
+    # powf as the double result rounded once; glibc's powf errs by < 1 ulp of float32, and for power 1 (every
+    # released setting) both are 1/x correctly rounded
+    prob = f32(float(x) ** -float(f32(lc.power)))
     return bool(prob > r) and iteration < lc.iter_stop
 
 

@@ -11,7 +11,8 @@ Layout (schema 2; schema 1 is the same without ``manifest``)::
     /masks/<layer>/weight, bias              uint8, 0 or 1
     /optimizer/velocity/<layer>/weight, bias float32 (Caffe momentum history)
     /method_state/<name>                     method arrays (DNS thresholds a, b, ...)
-    /rng/data   attrs: bit_generator (JSON), pos, batch_size; dataset perm (int64)   -- the batch order
+    /rng/data   attrs: bit_generator (JSON), pos, batch_size, order ("shuffled" if absent);
+                dataset perm (int64)                                              -- the batch order
     /rng/mask   attrs: bit_generator (JSON)                               -- DNS's Bernoulli draws
     /history/loss, lr, test_error            (n, 2) float64: iteration, value
     /history/mask_updates/<column>           one row per (update, layer): iteration, layer, pruned, ...
@@ -189,6 +190,7 @@ def save(path: str | os.PathLike, state: RunState, *, method: str = "dense", con
             g.attrs["bit_generator"] = json.dumps(stream["bit_generator"])
             g.attrs["pos"] = stream["pos"]
             g.attrs["batch_size"] = stream["batch_size"]
+            g.attrs["order"] = stream["order"]
             g.create_dataset("perm", data=stream["perm"])
             rng.create_group("mask").attrs["bit_generator"] = json.dumps(state.mask_rng.bit_generator.state)
             h = f.create_group("history")
@@ -360,7 +362,9 @@ def _load_open(f: h5py.File, path: Path, sealed: bool) -> Checkpoint:
     try:
         stream = BatchStream.from_state({"perm": perm, "pos": int(data["pos"]), "n": len(perm),
                                          "batch_size": int(data["batch_size"]),
-                                         "bit_generator": json.loads(data["bit_generator"])})
+                                         "bit_generator": json.loads(data["bit_generator"]),
+                                         # files written before data orders existed were shuffled
+                                         "order": str(data.get("order", "shuffled"))})
     except ValueError as e:
         raise CheckpointError(f"{path}: /rng/data: {e}") from None
     try:

@@ -134,18 +134,20 @@ def experiment(
     seed: int = 0,
     select_on: str = "test",
     threads: int = 1,
+    data_order: str = "shuffled",
 ) -> Experiment:
     """An :class:`Experiment` from a method's recipe for ``net`` with the given settings changed.
 
     ``overrides`` change fields of the method's config; ``iterations`` the pruning phase's length (default:
     the recipe's, or the method's own schedule); ``sgd`` fields of the pruning phase's solver (``base_lr``
-    defaults to the recipe's). The dense phase always follows Caffe's recipe (lr 0.01), with the same batch
+    defaults to the recipe's); ``data_order`` both phases' batch order ("caffe": file order, as Caffe
+    reads). The dense phase always follows Caffe's recipe (lr 0.01), with the same batch
     size, test interval, momentum, weight decay and lr policy.
     """
     sgd = dict(sgd or {})
     dense_sgd = {k: v for k, v in sgd.items() if k != "base_lr"}
     dense = TrainConfig(iterations=dense_iterations, batch_size=batch_size, test_interval=test_interval,
-                        sgd=SGDConfig(**dense_sgd))
+                        sgd=SGDConfig(**dense_sgd), data_order=data_order)
     if method in (None, "dense"):
         if overrides or recipe != "refdns":
             raise ConfigError("method settings and --recipe need a pruning method")
@@ -165,7 +167,7 @@ def experiment(
         raise ConfigError(f"method {method!r} needs the pruning phase's length (iterations)")
     sgd.setdefault("base_lr", rec.base_lr)
     cfg = TrainConfig(iterations=iterations, batch_size=batch_size, test_interval=test_interval,
-                      sgd=SGDConfig(**sgd))
+                      sgd=SGDConfig(**sgd), data_order=data_order)
     return Experiment(net, pruner, cfg, dense, dense_from, dataset, seed, select_on, threads)
 
 

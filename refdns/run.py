@@ -21,6 +21,8 @@ from refdns.nets.sequential import NetSpec, init_params
 from refdns.optim import SGDConfig, zeros_like_params
 from refdns.prune.base import MaskUpdate, all_ones_masks
 
+DATA_ORDERS = ("shuffled", "caffe")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -31,12 +33,17 @@ class TrainConfig:
     test_interval: int = 1_000
     display_interval: int = 100
     sgd: SGDConfig = field(default_factory=SGDConfig)
+    # "shuffled": a fresh permutation each epoch; "caffe": the training set in file order, batch after batch,
+    # wrapping (Caffe's LMDB data layer, which the DNS authors trained with). DNS's result moves with it.
+    data_order: str = "shuffled"
 
     def __post_init__(self):
         check_number("iterations", self.iterations, lo=0, integer=True)
         check_number("batch_size", self.batch_size, lo=1, integer=True)
         check_number("test_interval", self.test_interval, lo=0, integer=True)
         check_number("display_interval", self.display_interval, lo=1, integer=True)
+        if self.data_order not in DATA_ORDERS:
+            raise ValueError(f"data_order={self.data_order!r} must be one of {DATA_ORDERS}")
         if isinstance(self.sgd, dict):
             object.__setattr__(self, "sgd", SGDConfig(**self.sgd))
         if not isinstance(self.sgd, SGDConfig):
@@ -57,14 +64,18 @@ def generator_from_state(state: Mapping[str, Any]) -> np.random.Generator:
 
 
 class BatchStream:
-    """Seeded shuffled mini-batches that wrap across epochs, like Caffe's data layer reading on and on.
+    """Mini-batches that wrap across epochs, like Caffe's data layer reading on and on.
+
+    ``order="shuffled"``: each epoch in a fresh order drawn from ``rng``. ``order="caffe"``: the examples in
+    file order every epoch (``perm`` is ``arange(n)``, ``rng`` is never drawn from), as Caffe's LMDB data
+    layer reads them: batch 938 of MNIST at batch size 64 is examples 59968..59999 then 0..31.
 
     Its whole state is ``perm`` (this epoch's order), ``pos`` (the next index into it), ``n``,
-    ``batch_size`` and the generator ``rng`` that draws the next epochs' orders: :meth:`state_dict` gives it
-    as plain values, :meth:`from_state` continues from them bit-exactly.
+    ``batch_size``, ``order`` and the generator ``rng`` that draws the next epochs' orders: :meth:`state_dict`
+    gives it as plain values, :meth:`from_state` continues from them bit-exactly.
     """
 
-    STATE_KEYS = ("perm", "pos", "n", "batch_size", "bit_generator")
+    STATE_KEYS = ("perm", "pos", "n", "batch_size", "bit_generator", "order")
 
     def __init__(
         self,
@@ -74,16 +85,25 @@ class BatchStream:
         rng: np.random.Generator,
         perm: np.ndarray | None = None,
         pos: int = 0,
+        order: str = "shuffled",
     ):
         """A new stream draws its first epoch's order from ``rng``; given ``perm`` and ``pos`` it continues
         that epoch instead (:meth:`from_state`)."""
         if batch_size > n:
             raise ValueError(f"batch_size={batch_size} is larger than the {n} training examples")
+        if order not in DATA_ORDERS:
+            raise ValueError(f"order={order!r} must be one of {DATA_ORDERS}")
         self.n = n
         self.batch_size = batch_size
         self.rng = rng
-        self.perm = rng.permutation(n) if perm is None else perm
+        self.order = order
+        self.perm = self._epoch_order() if perm is None else perm
         self.pos = pos
+
+    def _epoch_order(self) -> np.ndarray:
+        if self.order == "caffe":
+            return np.arange(self.n, dtype=np.int64)
+        return self.rng.permutation(self.n)
 
     def next_indices(self) -> np.ndarray:
         end = self.pos + self.batch_size
@@ -92,25 +112,28 @@ class BatchStream:
             self.pos = end
             return idx
         head = self.perm[self.pos :]
-        self.perm = self.rng.permutation(self.n)
+        self.perm = self._epoch_order()
         self.pos = self.batch_size - len(head)
         return np.concatenate([head, self.perm[: self.pos]])
 
     def state_dict(self) -> dict[str, Any]:
-        """``perm`` (int64 array, a copy), ``pos``, ``n``, ``batch_size`` (ints) and ``bit_generator`` (the
-        generator's state dict, JSON-ready)."""
+        """``perm`` (int64 array, a copy), ``pos``, ``n``, ``batch_size`` (ints), ``bit_generator`` (the
+        generator's state dict, JSON-ready) and ``order``."""
         return {
             "perm": np.array(self.perm, dtype=np.int64, copy=True),
             "pos": int(self.pos),
             "n": int(self.n),
             "batch_size": int(self.batch_size),
             "bit_generator": self.rng.bit_generator.state,
+            "order": self.order,
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> BatchStream:
-        """The stream :meth:`state_dict` described; ValueError names the first field that cannot be one."""
-        keys = set(state)
+        """The stream :meth:`state_dict` described; ValueError names the first field that cannot be one.
+
+        A state without ``order`` (written before refdns had data orders) is a shuffled stream."""
+        keys = set(state) | {"order"}
         if keys != set(cls.STATE_KEYS):
             raise ValueError(f"state has keys {sorted(keys)}, expected {sorted(cls.STATE_KEYS)}")
         perm = np.asarray(state["perm"])
@@ -125,8 +148,13 @@ class BatchStream:
             raise ValueError(f"pos={pos} outside [0, {n}]")
         if not 1 <= batch_size <= n:
             raise ValueError(f"batch_size={batch_size} outside [1, {n}]")
+        order = state.get("order", "shuffled")
+        if order not in DATA_ORDERS:
+            raise ValueError(f"order={order!r} must be one of {DATA_ORDERS}")
+        if order == "caffe" and not np.array_equal(perm, np.arange(n)):
+            raise ValueError("perm of a caffe-order stream must be 0..n-1 in file order")
         rng = generator_from_state(state["bit_generator"])
-        return cls(n, batch_size, rng=rng, perm=np.array(perm, copy=True), pos=pos)
+        return cls(n, batch_size, rng=rng, perm=np.array(perm, copy=True), pos=pos, order=order)
 
 
 @dataclass
@@ -187,7 +215,7 @@ def new_run(
         velocity=zeros_like_params(params),
         masks=masks,
         iteration=0,
-        data=BatchStream(n_train, cfg.batch_size, rng=data_rng),
+        data=BatchStream(n_train, cfg.batch_size, rng=data_rng, order=cfg.data_order),
         mask_rng=mask_rng,
         seed=seed,
     )

@@ -1,3 +1,5 @@
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -15,9 +17,9 @@ def small(mnist):
     return mnist[0][:3000], mnist[1][:3000]
 
 
-def _run(small, iterations, seed=3):
+def _run(small, iterations, seed=3, data_order="shuffled"):
     x, y = small
-    cfg = TrainConfig(iterations=iterations, test_interval=0, display_interval=1)
+    cfg = TrainConfig(iterations=iterations, test_interval=0, display_interval=1, data_order=data_order)
     return train(new_run(get_spec("lenet-300-100"), len(x), cfg, seed=seed), x, y, cfg), cfg
 
 
@@ -33,17 +35,31 @@ def test_round_trip_keeps_every_array(small, tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
-def test_resume_is_bit_exact(small, tmp_path):
+@pytest.mark.parametrize("data_order", ["shuffled", "caffe"])
+def test_resume_is_bit_exact(small, tmp_path, data_order):
     """N steps, save, load, N more == 2N straight (params, velocity, batch order)."""
-    straight, cfg = _run(small, 24)
-    half, _ = _run(small, 12)
+    straight, cfg = _run(small, 24, data_order=data_order)
+    half, _ = _run(small, 12, data_order=data_order)
     ck = checkpoint.load(checkpoint.save(tmp_path / "half.h5", half))
+    assert ck.state.data.order == data_order
     x, y = small
     resumed = train(ck.state, x, y, cfg, until=24)
     for k in straight.params:
         assert np.array_equal(straight.params[k], resumed.params[k]), k
         assert np.array_equal(straight.velocity[k], resumed.velocity[k]), k
     assert straight.history.loss == resumed.history.loss
+
+
+def test_checkpoint_without_data_order_loads_as_shuffled(small, tmp_path):
+    """Files written before refdns had data orders hold no /rng/data order attribute: they were shuffled."""
+    state, _ = _run(small, 3)
+    path = checkpoint.save(tmp_path / "old.h5", state)
+    with h5py.File(path, "r+") as f:
+        del f["rng/data"].attrs["order"]
+        f.attrs[checkpoint.MANIFEST_ATTR] = json.dumps(checkpoint._manifest(f), sort_keys=True)
+    checkpoint.seal(path)
+    ck = checkpoint.load(path)
+    assert ck.state.data.order == "shuffled" and np.array_equal(ck.state.data.perm, state.data.perm)
 
 
 def _corrupt(path, fn):

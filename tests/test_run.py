@@ -95,3 +95,63 @@ def test_new_run_splits_the_seed_into_independent_streams():
     assert a.mask_rng.bit_generator.state == b.mask_rng.bit_generator.state
     assert all(m.all() for m in a.masks.values()) and all(not v.any() for v in a.velocity.values())
     assert a.iteration == 0 and a.seed == 3 and a.history.mask_updates == []
+
+
+def test_caffe_order_reads_the_file_in_order_and_wraps():
+    """Caffe's LMDB data layer: consecutive batches in file order, the last one running into the first."""
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    s = BatchStream(10, 4, rng=rng, order="caffe")
+    got = [s.next_indices().tolist() for _ in range(4)]
+    assert got == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1], [2, 3, 4, 5]]
+    assert rng.bit_generator.state == before  # the order draws nothing
+
+
+def test_caffe_order_mnist_batch_938_wraps_like_caffe():
+    s = BatchStream(60_000, 64, rng=np.random.default_rng(0), order="caffe")
+    for _ in range(937):
+        s.next_indices()
+    idx = s.next_indices()
+    assert idx.tolist() == list(range(59_968, 60_000)) + list(range(32))
+
+
+@pytest.mark.parametrize("taken", [0, 2, 3, 5])
+def test_caffe_order_restored_continues_identically(taken):
+    s = BatchStream(10, 4, rng=np.random.default_rng(1), order="caffe")
+    for _ in range(taken):
+        s.next_indices()
+    state = s.state_dict()
+    assert state["order"] == "caffe"
+    r = BatchStream.from_state(state)
+    for _ in range(7):
+        assert np.array_equal(s.next_indices(), r.next_indices())
+
+
+def test_state_without_order_is_a_shuffled_stream():
+    state = BatchStream(10, 3, rng=np.random.default_rng(0)).state_dict()
+    del state["order"]
+    assert BatchStream.from_state(state).order == "shuffled"
+
+
+def test_new_run_takes_the_data_order_from_the_config():
+    spec = get_spec("lenet-300-100")
+    run = new_run(spec, 100, TrainConfig(batch_size=10, data_order="caffe"), seed=3)
+    assert run.data.order == "caffe" and np.array_equal(run.data.next_indices(), np.arange(10))
+    assert new_run(spec, 100, TrainConfig(batch_size=10), seed=3).data.order == "shuffled"
+
+
+@pytest.mark.parametrize(
+    ("state", "match"),
+    [
+        (_state(order="lmdb"), "order='lmdb'"),
+        (_state(order="caffe"), "file order"),  # a shuffled perm cannot be a caffe-order epoch
+    ],
+)
+def test_batch_stream_refuses_a_bad_order(state, match):
+    with pytest.raises(ValueError, match=match):
+        BatchStream.from_state(state)
+
+
+def test_unknown_data_order_is_refused():
+    with pytest.raises(ValueError, match="data_order"):
+        TrainConfig(data_order="sorted")

@@ -33,7 +33,8 @@ from refdns.pipeline import (
 )
 from refdns.prune.base import reproducible_methods
 
-DNS_FLAGS = ("c_rate", "gamma", "power", "iter_stop", "reading", "update_every", "sensitivity_multiplier")
+DNS_FLAGS = ("c_rate", "gamma", "power", "iter_stop", "reading", "update_every", "sensitivity_multiplier",
+             "draws", "srand_seed")
 
 
 PRUNE_FLAGS = ("quality", "rounds", "round_iterations", "std", "restart_lr", "density", "scope")
@@ -57,7 +58,7 @@ def _method_overrides(args, net: str) -> dict[str, Any]:
                 cfg_layers[layer] = dataclasses.replace(cfg_layers[layer], **{f: value})
         if cfg_layers != base.layers:
             over["layers"] = cfg_layers
-        for f in ("reading", "update_every", "sensitivity_multiplier"):
+        for f in ("reading", "update_every", "sensitivity_multiplier", "draws", "srand_seed"):
             if getattr(args, f) is not None:
                 over[f] = getattr(args, f)
         return over
@@ -97,7 +98,8 @@ def _experiment(args, method: str | None, *, dense_from: str | None = None):
     if args.base_lr is not None:
         sgd["base_lr"] = args.base_lr
     common = dict(sgd=sgd, batch_size=args.batch_size, test_interval=args.test_interval, dataset=args.dataset,
-                  seed=args.seed, dense_from=dense_from, threads=args.threads, select_on=args.select_on)
+                  seed=args.seed, dense_from=dense_from, threads=args.threads, select_on=args.select_on,
+                  data_order=args.data_order)
     if method is None:
         return experiment(args.net, None, iterations=args.iterations, dense_iterations=args.iterations, **common)
     overrides = _method_overrides(args, args.net)
@@ -177,6 +179,8 @@ def _run_args(p, *, iterations: int | None, iterations_help: str) -> None:
     g.add_argument("--iterations", type=NATURAL, default=iterations, help=iterations_help)
     g.add_argument("--batch-size", type=POSITIVE, default=64, help="images per SGD step")
     g.add_argument("--seed", type=NATURAL, default=0, help="seeds init, batch order and mask draws")
+    g.add_argument("--data-order", default="shuffled", choices=["shuffled", "caffe"],
+                   help="batch order: a new shuffle each epoch, or caffe = file order, wrapping (Caffe)")
     g.add_argument("--base-lr", type=_positive_float, default=None,
                    help="base learning rate (unset: 0.01, Caffe's; for pruning, the recipe's)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -212,6 +216,11 @@ def _dns_args(p) -> None:
                    help="distiller reading only: update the masks every k iterations (default 1)")
     g.add_argument("--sensitivity-multiplier", type=float, default=None,
                    help="distiller reading only: c_rate grows by this factor per epoch (default 0)")
+    g.add_argument("--draws", default=None, choices=["numpy", "caffe"],
+                   help="mask-update draws: the run's generator (default), or caffe = the authors' glibc "
+                   "rand() stream and float32 arithmetic, to make their code's decisions exactly")
+    g.add_argument("--srand-seed", dest="srand_seed", type=NATURAL, default=None,
+                   help="--draws caffe: the rand() stream after srand(N) (default 1: never seeded)")
 
 
 def _prune_args(p) -> None:

@@ -13,6 +13,14 @@ Implemented as the authors' Caffe code runs it (CInnerProductLayer / CConvolutio
 * **Gradient through the mask**: ``# DNS eq. (2): W <- W - beta * dL/d(W .* T)`` applied to every entry
   of W, pruned ones included; that is what lets a pruned weight grow back (``grad_through_mask = True``).
 
+``draws="caffe"`` makes exactly the authors' decisions, not only the same rule: the per-layer draw is
+``r = (float)rand() / (float)RAND_MAX`` from glibc's ``rand()`` after ``srand(srand_seed)`` (1: the code as
+released never seeds it), one per layer per training forward in layer order, even after iter_stop; and the
+arithmetic is the fork's as compiled (x86-64 g++, read from its disassembly): float32 running sums for mu and
+std, ``t = max(mu + c_rate*std, 0)`` in float32, ``powf(1 + gamma*iter, -power) > r`` in float32, and the
+band ``|w| <= 0.9*t`` / ``|w| > 1.1*t`` in double. The generator's state is method state (checkpointed), so a
+resumed run continues the very same stream.
+
 The second reading, Intel Distiller's ``SplicingPruner``, is the option ``reading="distiller"``: std is the
 unbiased std of |W| over all weight entries (zeros included; biases are neither counted nor pruned), no clamp
 at 0, prune where |w| < a and splice where |w| >= b, masks updated deterministically every
@@ -27,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from refdns.caffe.glibc_rand import GlibcRand, GlibcRandState
 from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.kernels.hysteresis import hysteresis_update
@@ -34,6 +43,8 @@ from refdns.nets.sequential import NetSpec
 from refdns.prune.base import MaskUpdate, PruningMethod, Recipe, check_variant, surgery_trace
 
 READINGS = ("caffe", "distiller")
+DRAWS = ("numpy", "caffe")
+RAND_STATE_KEYS = ("rand.table", "rand.pos")  # the glibc rand() state of draws="caffe", in the method state
 # Iterations of surgery the DNS paper reports (Section 4.1): 16K for LeNet-5, 25K for LeNet-300-100.
 PAPER_SURGERY_ITERATIONS = {"lenet-5": 16_000, "lenet-300-100": 25_000}
 
@@ -68,10 +79,19 @@ class DNSConfig:
     update_every: int = 1  # distiller reading only
     sensitivity_multiplier: float = 0.0  # distiller reading only: c_rate *= 1 + multiplier * epoch
     iters_per_epoch: int = 938  # ceil(60000 / 64), for the distiller schedule
+    # "numpy": the run's mask Generator, float64 statistics; "caffe": glibc rand() and the fork's float32
+    # arithmetic (module docstring), to make the authors' code's decisions exactly
+    draws: str = "numpy"
+    srand_seed: int = 1  # draws="caffe" only: the stream after srand(srand_seed); 1 = never seeded
 
     def __post_init__(self):
         if self.reading not in READINGS:
             raise ConfigError(f"reading={self.reading!r} must be one of {READINGS}")
+        if self.draws not in DRAWS:
+            raise ConfigError(f"draws={self.draws!r} must be one of {DRAWS}")
+        if self.draws == "caffe" and self.reading != "caffe":
+            raise ConfigError("draws='caffe' is the authors' code's stream; it needs reading='caffe'")
+        check_number("srand_seed", self.srand_seed, lo=0, hi=2**32 - 1, integer=True)
         if not self.layers:
             raise ConfigError("layers must name at least one layer")
         fixed = {}
@@ -146,6 +166,53 @@ def caffe_thresholds(w: np.ndarray, b: np.ndarray, wmask: np.ndarray, bmask: np.
     return {"mu": mu, "std": std, "t": t, "a": band[0] * t, "b": band[1] * t}
 
 
+def caffe_thresholds_f32(w: np.ndarray, b: np.ndarray, wmask: np.ndarray, bmask: np.ndarray,
+                         c_rate: float, band: tuple[float, float]) -> dict[str, float]:
+    """:func:`caffe_thresholds` as the fork computes it: float32 all the way to t, the band in double.
+
+    The fork (``Forward_cpu`` at iteration 0) adds |v| and v*v of W then b into two float32 accumulators one
+    entry at a time, divides by the non-zero count, ``std = sqrt((sum v^2 - (n*mu)*mu) / n)``, then
+    ``t = max(mu + c_rate*std, 0)`` in float32, and compares ``fabs(w) <= 0.9*t`` and ``> 1.1*t`` in double.
+    ``a`` and ``b`` come back as the largest float32 at or below ``0.9*t`` and ``1.1*t`` (double): for a
+    float32 |w|, ``|w| <= a`` and ``|w| > b`` then decide exactly as the double comparisons do.
+
+    Like :func:`caffe_thresholds` it pools W*T (as the fork's conv layer does; its inner product layer pools
+    the raw W): the two agree whenever surgery starts from all-ones masks, as from any dense model.
+    """
+    f32 = np.float32
+    v = np.concatenate([(w * wmask).ravel(), (b * bmask).ravel()]).astype(f32)
+    n = int(np.count_nonzero(v))
+    if n == 0:
+        mu = std = f32(0)
+    else:
+        # np.cumsum adds one entry at a time (np.sum would pair them up): the C loop's order and roundings
+        mu = np.cumsum(np.abs(v), dtype=f32)[-1]
+        sq = np.cumsum(v * v, dtype=f32)[-1]
+        nf = f32(n)
+        mu = f32(mu / nf)
+        with np.errstate(invalid="ignore"):
+            std = np.sqrt(f32((sq - (nf * mu) * mu) / nf))
+    t = max(f32(mu + f32(c_rate) * std), f32(0))
+    out = {"mu": float(mu), "std": float(std), "t": float(t)}
+    for name, factor in (("a", band[0]), ("b", band[1])):
+        edge = factor * float(t)
+        e32 = np.float32(edge)
+        if float(e32) > edge:
+            e32 = np.nextafter(e32, np.float32(-np.inf))
+        out[name] = float(e32)
+    return out
+
+
+def caffe_fires(lc: DNSLayerConfig, iteration: int, r: np.float32) -> bool:
+    """The fork's ``powf(1 + gamma*iter, -power) > r && iter < iter_stop``, every operand float32."""
+    f32 = np.float32
+    x = f32(1) + f32(lc.gamma) * f32(iteration)
+    # powf as the double result rounded once; glibc's powf errs by < 1 ulp of float32, so the two can differ
+    # only where pow lies within that of a float32 rounding boundary (no such case met in the runs compared)
+    prob = f32(float(x) ** -float(f32(lc.power)))
+    return bool(prob > r) and iteration < lc.iter_stop
+
+
 def distiller_statistics(w: np.ndarray) -> tuple[float, float]:
     """Distiller's cached statistics: mean and unbiased std of |W| over every weight entry."""
     aw = np.abs(w.astype(np.float64)).ravel()
@@ -202,7 +269,19 @@ class DNS(PruningMethod):
 
     def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.config.check_net(spec)
-        return {}
+        return self._rand_state(GlibcRand(self.config.srand_seed)) if self.config.draws == "caffe" else {}
+
+    @staticmethod
+    def _rand_state(g: GlibcRand) -> dict[str, np.ndarray]:
+        st = g.get_state()
+        return {"rand.table": np.array(st.table, dtype=np.uint32),
+                "rand.pos": np.array(st.pos, dtype=np.int64)}
+
+    def _glibc(self, state) -> GlibcRand:
+        """draws='caffe': the rand() stream where the method state left it (a fresh srand on first use)."""
+        if not all(k in state for k in RAND_STATE_KEYS):
+            state.update(self._rand_state(GlibcRand(self.config.srand_seed)))
+        return GlibcRand.from_state(GlibcRandState(table=state["rand.table"], pos=int(state["rand.pos"])))
 
     def _thresholds(self, layer, params, masks, state) -> tuple[float, float]:
         """(a, b) of ``layer``, computed once and kept in ``state`` as 0-d float64 arrays."""
@@ -211,7 +290,10 @@ class DNS(PruningMethod):
         key = f"{layer}.t"
         if key not in state:
             w, b = params[f"{layer}.weight"], params[f"{layer}.bias"]
-            if cfg.reading == "caffe":
+            if cfg.draws == "caffe":
+                stats = caffe_thresholds_f32(w, b, masks[f"{layer}.weight"], masks[f"{layer}.bias"],
+                                             lc.c_rate, cfg.band)
+            elif cfg.reading == "caffe":
                 stats = caffe_thresholds(w, b, masks[f"{layer}.weight"], masks[f"{layer}.bias"], lc.c_rate, cfg.band)
             else:
                 mu, std = distiller_statistics(w)
@@ -222,7 +304,10 @@ class DNS(PruningMethod):
         a, b = float(state[f"{layer}.a"]), float(state[f"{layer}.b"])
         return a, b
 
-    def _fires(self, lc: DNSLayerConfig, iteration: int, rng: np.random.Generator) -> bool:
+    def _fires(self, lc: DNSLayerConfig, iteration: int, rng: np.random.Generator,
+               glibc: GlibcRand | None) -> bool:
+        if glibc is not None:
+            return caffe_fires(lc, iteration, glibc.uniform())
         if self.config.reading == "caffe":
             # One draw per layer per iteration, always taken, so the stream does not depend on iter_stop.
             r = rng.random()
@@ -232,9 +317,13 @@ class DNS(PruningMethod):
     def update_masks(self, iteration, params, masks, state, rng) -> list[dict[str, Any]]:
         cfg = self.config
         records = []
+        glibc = self._glibc(state) if cfg.draws == "caffe" else None
         for layer, lc in cfg.layers.items():
             a, b = self._thresholds(layer, params, masks, state)
-            if not self._fires(lc, iteration, rng):
+            fires = self._fires(lc, iteration, rng, glibc)
+            if glibc is not None:
+                state.update(self._rand_state(glibc))
+            if not fires:
                 continue
             if cfg.reading == "distiller" and cfg.sensitivity_multiplier > 0:
                 epoch = iteration // cfg.iters_per_epoch

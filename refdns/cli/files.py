@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from refdns import __version__, checkpoint
@@ -42,7 +44,8 @@ def cmd_export(args) -> int:
 
     check_inputs({"checkpoint": args.checkpoint})
     check_outputs({"--out": args.out}, inputs={"checkpoint": args.checkpoint}, force=args.force)
-    fmt = args.format or ("safetensors" if str(args.out).endswith(".safetensors") else "npz")
+    suffix = Path(str(args.out)).suffix
+    fmt = args.format or {".safetensors": "safetensors", ".caffemodel": "caffemodel"}.get(suffix, "npz")
     if args.torch_prune and fmt != "safetensors":
         raise ConfigError("--torch-prune writes torch.nn.utils.prune's layout, a safetensors layout: add "
                           "--format safetensors")
@@ -50,11 +53,18 @@ def cmd_export(args) -> int:
     params = st.params if args.raw or args.torch_prune else effective_params(st.params, st.masks)
     if fmt == "npz":
         write_npz(args.out, params)
+    elif fmt == "caffemodel":  # raw W and b plus the DNS layers' mask blobs: what `caffe train --weights` loads
+        from refdns.caffe.proto import params_to_caffemodel, write_caffemodel
+
+        write_caffemodel(args.out, params_to_caffemodel(st.params, st.spec.layer_names, st.masks),
+                         name=st.spec.name)
     else:
         layout = "torch-prune" if args.torch_prune else "plain"
         meta = {"producer": f"refdns {__version__}", "net": st.spec.name, "layout": layout}
         write_safetensors(args.out, params, st.masks if args.torch_prune else None, metadata=meta)
     what = ("W as <layer>.weight_orig and T as <layer>.weight_mask (torch.nn.utils.prune)" if args.torch_prune
+            else "blobs W, b, W mask, b mask per layer (the DNS fork's CInnerProduct/CConvolution)"
+            if fmt == "caffemodel"
             else "raw W (pruned entries keep their values)" if args.raw
             else "W * mask (pruned entries are 0)")
     print(f"exported {args.checkpoint} ({st.spec.name}) to {args.out} ({fmt}): {what}")
@@ -106,11 +116,11 @@ def add_commands(command, nets) -> None:
     p.add_argument("--n-train", type=POSITIVE, default=60_000, help="training-set size the batch order is drawn for")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     p = command("export", cmd_export,
-                "write a checkpoint's weights as .npz or safetensors (<layer>.weight/.bias)")
+                "write a checkpoint's weights as .npz, safetensors or a .caffemodel the DNS authors' Caffe starts from")
     p.add_argument("checkpoint", help="HDF5 checkpoint")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="weight file to write")
-    p.add_argument("--format", choices=["npz", "safetensors"], default=None,
-                   help="file format (unset: safetensors for a .safetensors name, else npz)")
+    p.add_argument("--format", choices=["npz", "safetensors", "caffemodel"], default=None,
+                   help="file format (unset: by the name's suffix, .safetensors or .caffemodel, else npz)")
     p.add_argument("--raw", action="store_true", help="export W itself instead of W * mask")
     p.add_argument("--torch-prune", action="store_true", help="safetensors in torch.nn.utils.prune's layout: "
                    "<layer>.weight_orig (raw W) and <layer>.weight_mask (T), likewise for biases")

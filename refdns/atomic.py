@@ -143,6 +143,16 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode())
 
 
+def write_figure(path: str | os.PathLike, fig, *, dpi: int = 100) -> Path:
+    """Render a matplotlib figure to PNG in memory and write it atomically (``savefig`` on the path would
+    leave a half-written file behind a crash)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return write_bytes(path, buf.getvalue())
+
+
 def check_inputs(inputs: dict[str, str | os.PathLike | None]) -> None:
     """Raise :class:`~refdns.errors.ConfigError` naming the option whose input file is missing, has an empty
     name, or is not a regular file (a folder, a device)."""

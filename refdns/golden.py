@@ -145,18 +145,12 @@ def golden_method(
     if method == "random":
         densities = {n: GOLDEN_DENSITY for n in layers}
         return RandomPruning(RandomConfig(densities=densities, retrain_iterations=0))
-    if method == "obd":
+    if method in ("obd", "obs"):  # one-shot on a Hessian batch: the first n training images
+        cls, config, n = ((OBD, OBDConfig(**GOLDEN_OBD), GOLDEN_HESSIAN_SAMPLES) if method == "obd"
+                          else (OBS, OBSConfig(**GOLDEN_OBS), GOLDEN_OBS_SAMPLES))
         if x_train is None or y_train is None:
-            raise TraceError("method='obd' needs x_train and y_train (its Hessian batch)")
-        n = GOLDEN_HESSIAN_SAMPLES
-        return OBD(OBDConfig(**GOLDEN_OBD), np.asarray(x_train[:n], dtype=np.float32),
-                   np.asarray(y_train[:n], dtype=np.int64))
-    if method == "obs":
-        if x_train is None or y_train is None:
-            raise TraceError("method='obs' needs x_train and y_train (its Hessian batch)")
-        n = GOLDEN_OBS_SAMPLES
-        return OBS(OBSConfig(**GOLDEN_OBS), np.asarray(x_train[:n], dtype=np.float32),
-                   np.asarray(y_train[:n], dtype=np.int64))
+            raise TraceError(f"method={method!r} needs x_train and y_train (its Hessian batch)")
+        return cls(config, np.asarray(x_train[:n], dtype=np.float32), np.asarray(y_train[:n], dtype=np.int64))
     raise TraceError(f"method={method!r}: goldens exist for {', '.join(GOLDEN_METHODS)}")
 
 

@@ -25,7 +25,6 @@ from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec, check_params
 from refdns.run import RunState, TrainConfig, new_run
 
-
 #: Training-set size the batch order of a decompressed net is drawn for (MNIST's; a later run may redraw it).
 N_TRAIN = 60_000
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from refdns.atomic import write_text
+from refdns.atomic import write_figure, write_text
 from refdns.checkpoint import Checkpoint
 from refdns.errors import ConfigError
 from refdns.pipeline import PROTOCOL_LABEL, churn_by_interval, layer_table
@@ -49,7 +49,7 @@ def _save(plt, fig, name: str, out_dir: Path, title: str) -> Figure:
     fig.suptitle(title)
     fig.tight_layout()
     path = out_dir / f"{name}.png"
-    fig.savefig(path, dpi=100)
+    write_figure(path, fig, dpi=100)
     axes = tuple((ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes if ax.get_visible() and ax.has_data())
     plt.close(fig)
     return Figure(name, path, title, axes)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from refdns.atomic import write_figure
 from refdns.errors import ConfigError
 from refdns.pipeline import PROTOCOL_LABEL, Data, selection_data
 from refdns.prune.magnitude import top_k_mask
@@ -95,7 +96,7 @@ def figure(result: dict[str, Any], path: str | Path):
     ax.legend()
     ax.set_title(f"sensitivity of {result['net']}: one layer pruned by magnitude, no retraining")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_figure(path, fig, dpi=100)
     labels = (ax.get_xlabel(), ax.get_ylabel())
     plt.close(fig)
     return labels

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from refdns import checkpoint
-from refdns.atomic import write_bytes
+from refdns.atomic import write_bytes, write_figure
 from refdns.nets import get_spec
 from refdns.optim import SGDConfig
 from refdns.pipeline import Experiment, experiment, layer_table, load_data, reproduce
@@ -284,12 +284,8 @@ def plot(rows, path: Path) -> bool:
         ax.set_title(f"{net}: error vs kept (hollow: no retraining)")
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
-    write_bytes(path, buf.getvalue())
     return True
 
 

@@ -27,7 +27,6 @@ matplotlib, the ``plot`` extra).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -38,12 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from refdns import checkpoint
-from refdns.atomic import write_bytes, write_text
+from refdns.atomic import write_figure, write_text
 from refdns.compress import compression_report, dequantize_net, format_report, quantize_net, write_rdc
 from refdns.compress.finetune import finetune_centroids
+from refdns.netfiles import read_compressed
 from refdns.nets.sequential import error_rate
 from refdns.optim import SGDConfig
-from refdns.netfiles import read_compressed
 from refdns.pipeline import experiment, load_data, reproduce
 from refdns.run import TrainConfig, effective_params
 from refdns.train import evaluate
@@ -213,10 +212,8 @@ def plot(results, path: Path) -> bool:
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
-    write_bytes(path, buf.getvalue())
     return True
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from threadpoolctl import threadpool_limits
 
+from refdns.atomic import write_figure, write_text
 from refdns.datasets import load_mnist
 from refdns.hessian import (
     full_hessian,
@@ -516,20 +517,9 @@ def plot(res: dict, path: Path) -> str | None:
     a2.set_title("predicted vs actual, along each path")
     a2.legend(fontsize=8, markerscale=4)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return None
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -571,12 +561,12 @@ def main(argv=None) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(res)
-    atomic_write(out / "obd_obs_study.md", md)
+    write_text(out / "obd_obs_study.md", md)
     public = {k: v for k, v in res.items() if not k.startswith("_")}
     text = json.dumps(public, indent=1, default=float)
-    atomic_write(out / "obd_obs_study.json", text)
+    write_text(out / "obd_obs_study.json", text)
     if args.json:
-        atomic_write(Path(args.json), text)
+        write_text(Path(args.json), text)
     msg = plot(res, out / "obd_obs_study.png")
     print(md)
     if msg:

@@ -39,8 +39,8 @@ from refdns.pipeline import load_data, run_training
 from refdns.prune.criteria import CRITERIA
 from refdns.prune.structured import StructuredConfig, StructuredPruning
 from refdns.prune.units import effective_params, prunable_layers
-from refdns.thin import thin
 from refdns.run import TrainConfig
+from refdns.thin import thin
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "validate" / "results"

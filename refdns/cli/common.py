@@ -90,24 +90,21 @@ def _int_at_least(lo: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a finite number > 0")
-    return value
+def _finite_float(*, positive: bool):
+    """An argparse type: a finite float, > 0 (``positive``) or >= 0."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"{value} must be a finite number {'>' if positive else '>='} 0")
+        return value
+    return parse
 
 
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
-    return value
+_positive_float = _finite_float(positive=True)
+_tolerance = _finite_float(positive=False)
 
 
 POSITIVE, NATURAL = _int_at_least(1), _int_at_least(0)

@@ -273,7 +273,7 @@ def seeds(args, caffe, root, spec, layers, x, y, params, out: Path) -> dict:
     done = {(r["impl"], r["seed"]) for r in res["runs"]}
     test_prototxt = args.prototxt.resolve()
     for seed in args.seeds:
-        if ("caffe", seed) not in done:
+        if ("caffe", seed) not in done and "caffe" in args.impls:
             env_extra = {"LD_PRELOAD": str(shim), "DNS_SRAND": str(seed)}
             prefix, secs, log = run_caffe(
                 caffe,
@@ -304,7 +304,7 @@ def seeds(args, caffe, root, spec, layers, x, y, params, out: Path) -> dict:
             print(res["runs"][-1], flush=True)
         for order in ("caffe", "shuffled"):
             impl = "refdns-fileorder" if order == "caffe" else "refdns-shuffled"
-            if (impl, seed) in done:
+            if (impl, seed) in done or impl not in args.impls:
                 continue
             state, secs = _dns_run(
                 spec, layers, x, y, args.until, draws="numpy", data_order=order, seed=seed, params=params
@@ -590,6 +590,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--start", type=int, default=1, help="window mode: the first iteration compared")
     ap.add_argument("--seeds", type=lambda v: [int(s) for s in v.split(",")], default=[1, 2, 3, 4, 5])
+    ap.add_argument(
+        "--impls",
+        type=lambda v: v.split(","),
+        default=["caffe", "refdns-fileorder", "refdns-shuffled"],
+        help="seeds mode: which of caffe, refdns-fileorder, refdns-shuffled to run (one process per "
+        "implementation, each with its own --out, uses both cores; merge the JSON files afterwards)",
+    )
     ap.add_argument(
         "--shim", type=Path, help="seeds mode: srand_shim.c (seeds Caffe's rand() from $DNS_SRAND)"
     )

@@ -323,19 +323,25 @@ def reproduce(
         return _reproduce(exp, data, dense_out, out, dense_state, on_phase, on_step, on_test)
 
 
+def load_dense_from(exp: Experiment) -> RunState:
+    """The dense state of ``exp.dense_from``, refused (ConfigError) if it holds another net, or was trained on
+    the validation split that ``exp`` holds out."""
+    ck = checkpoint.load(exp.dense_from)
+    if ck.state.spec.name != exp.net:
+        raise ConfigError(f"{exp.dense_from} holds a {ck.state.spec.name}, not a {exp.net}")
+    if exp.select_on == "validation" and ck.config.get("select_on", "test") != "validation":
+        raise ConfigError(f"{exp.dense_from} was trained on all training images, the validation split "
+                          "included: with select_on='validation' start from a dense run that held it out")
+    return ck.state
+
+
 def _reproduce(exp, data, dense_out, out, dense_state, on_phase, on_step, on_test) -> Result:
     spec = exp.spec
     t0 = time.perf_counter()
     sel = selection_data(data, exp.select_on)
     extra = experiment_config(exp)
     if dense_state is None and exp.dense_from is not None:
-        ck = checkpoint.load(exp.dense_from)
-        if ck.state.spec.name != spec.name:
-            raise ConfigError(f"{exp.dense_from} holds a {ck.state.spec.name}, not a {spec.name}")
-        if exp.select_on == "validation" and ck.config.get("select_on", "test") != "validation":
-            raise ConfigError(f"{exp.dense_from} was trained on all training images, the validation split "
-                              "included: with select_on='validation' start from a dense run that held it out")
-        dense_state = ck.state
+        dense_state = load_dense_from(exp)
     if dense_state is not None:
         dense = Phase("dense", dense_state, {}, evaluate(dense_state, sel.x_test, sel.y_test), None,
                       Path(exp.dense_from) if exp.dense_from else None)

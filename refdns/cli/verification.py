@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
 from refdns import checkpoint
 from refdns.atomic import check_inputs, check_outputs
-from refdns.cli.common import NATURAL, POSITIVE, _data_args, _output_args, _tolerance, write_json
+from refdns.cli.common import NATURAL, POSITIVE, _output_args, _tolerance, write_json
 from refdns.errors import ConfigError
 from refdns.golden import GOLDEN_METHODS
 from refdns.nets import get_spec
@@ -37,11 +38,12 @@ def cmd_golden(args) -> int:
         return _golden_of_run(args, write_run_golden)
     if args.net is None:
         raise ConfigError("name the net with --net (or trace a run file's experiment with --run FILE)")
-    method = args.method or "dns"
-    steps = 5 if args.steps is None else args.steps
-    seed = 0 if args.seed is None else args.seed
-    batch_size = 8 if args.batch_size is None else args.batch_size
-    dataset = args.dataset or "mnist"
+    # unset options are absent (argparse.SUPPRESS), so that --run can tell them from given ones
+    method = getattr(args, "method", "dns")
+    steps = getattr(args, "steps", 5)
+    seed = getattr(args, "seed", 0)
+    batch_size = getattr(args, "batch_size", 8)
+    dataset = getattr(args, "dataset", "mnist")
     check_outputs({"--out": args.out, "--json": args.json}, force=args.force)
     spec = get_spec(args.net)
     x, y = load_mnist("train", dataset=dataset, data_dir=args.data_dir, download=not args.no_download)
@@ -59,21 +61,21 @@ def _golden_of_run(args, write_run_golden) -> int:
     from refdns import runfile
     from refdns.pipeline import load_data
 
-    given = [o for o, v in (("--net", args.net), ("--method", args.method), ("--batch-size", args.batch_size),
-                            ("--dataset", args.dataset)) if v is not None]
+    given = [o for o, dest in (("--net", "net"), ("--method", "method"), ("--batch-size", "batch_size"),
+                               ("--dataset", "dataset")) if getattr(args, dest, None) is not None]
     if given:
         raise ConfigError(f"--run takes the net, method, batch size and dataset from the run file; drop "
                           f"{', '.join(given)} (or edit the run file)")
     if Path(args.run).exists():
         check_inputs({"--run": args.run})
     exp, _ = runfile.read(args.run)
-    if args.seed is not None:
+    if hasattr(args, "seed"):
         exp = dataclasses.replace(exp, seed=args.seed)
     if exp.dense_from is not None:
         check_inputs({"dense.from": exp.dense_from})
     cfg = exp.dense if exp.method is None else exp.train
     phase = "dense" if exp.method is None else "train"
-    steps = cfg.iterations if args.steps is None else args.steps
+    steps = getattr(args, "steps", cfg.iterations)
     if cfg.iterations < 1:
         raise ConfigError(f"{args.run}: {phase}.iterations = 0, no step of the {exp.method_name} phase "
                           "to trace")
@@ -155,24 +157,30 @@ def add_commands(command, nets) -> None:
     p = command("golden", cmd_golden, "write a golden step trace (HDF5) for checking another implementation")
     p.add_argument("--net", choices=nets, help="the network (Caffe layer names and layouts); required "
                    "unless --run")
-    p.add_argument("--method", choices=list(GOLDEN_METHODS),
+    unset = argparse.SUPPRESS  # absent unless given: --run takes them from the run file
+    p.add_argument("--method", choices=list(GOLDEN_METHODS), default=unset,
                    help="what the traced steps run, with the golden settings of refdns/golden.py "
-                   "(default dns)")
+                   "(default: dns)")
     p.add_argument("--run", metavar="EXPERIMENT.toml",
                    help="trace the experiment of this run file (or built-in recipe) instead, with its own "
                    "settings: the first --steps steps of its pruning phase (of its dense phase if it has no "
                    "method), started as refdns run starts it")
-    p.add_argument("--steps", type=POSITIVE, default=None,
-                   help="training steps to trace (default 5; with --run all of the phase's iterations)")
+    p.add_argument("--steps", type=POSITIVE, default=unset,
+                   help="training steps to trace (default: 5); with --run, all of the phase's iterations")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="trace file to write (HDF5)")
-    p.add_argument("--seed", type=NATURAL, default=None,
-                   help="seeds init, batch order and mask draws (default 0; with --run the run file's first)")
-    p.add_argument("--batch-size", type=POSITIVE, default=None, help="images per traced step (default 8)")
+    p.add_argument("--seed", type=NATURAL, default=unset,
+                   help="seeds init, batch order and mask draws (default: 0); with --run, the run "
+                   "file's first")
+    p.add_argument("--batch-size", type=POSITIVE, default=unset, help="images per traced step (default: 8)")
     p.add_argument("--max-elements", type=POSITIVE, default=1024,
                    help="per-step tensors larger than this are stored as a strided sample")
     _output_args(p, json_help="also write the per-step summary as JSON")
-    _data_args(p)
-    p.set_defaults(dataset=None)  # mnist unless --run, whose run file names its own
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", help="folder holding mnist/ (and fashion-mnist/); unset: $REFDNS_DATA, then "
+                   "the user cache, then a checked download")
+    g.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default=unset,
+                   help="which image set (default: mnist); with --run, the run file's")
+    g.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     p = command("verify", cmd_verify, "compare a candidate trace with a golden one, tensor by tensor")
     p.add_argument("golden", help="the golden trace (refdns golden)")
     p.add_argument("candidate", help="the trace of the implementation being checked")

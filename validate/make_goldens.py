@@ -43,7 +43,7 @@ GOLDENS = [
     ],
     # the layer-wise OBS surgeon on a 1-image Hessian batch: every layer's full one-shot prune. The batch
     # makes each layer's H = 2 X^T X low-rank (LeNet-5's ip1: rank 1, 800 inputs), which the surgeon exploits
-    # (refdns.prune.obs._lowrank_paths): seconds, where the dense D x D downdates took minutes on LeNet-5.
+    # (refdns.kernels.obs_lowrank): seconds, where the dense D x D downdates took minutes on LeNet-5.
     ("lenet-300-100", "obs", 3),
     ("lenet-5", "obs", 3),
 ]

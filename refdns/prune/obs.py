@@ -43,7 +43,7 @@ Where H^-1 comes from (``OBSConfig.hessian``):
   fewer input rows S than live inputs D (a small Hessian batch), H has rank S and the rows' paths run on its
   factor through Woodbury's identity, O(S D) per removal instead of O(D^2), and the weights at each level
   come from the constrained minimiser in closed form instead of a second pass (same removals and weights to
-  rounding; ``_lowrank_paths``, ``_lowrank_solution``).
+  rounding; the Numba kernel ``refdns.kernels.obs_lowrank`` and ``_lowrank_solution``).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from refdns.hessian import (
     param_vector,
     vector_to_params,
 )
+from refdns.kernels.obs_lowrank import obs_lowrank_paths
 from refdns.layers.conv import Conv2dCache
 from refdns.layers.dense import DenseCache
 from refdns.nets.sequential import NetSpec, forward
@@ -334,86 +335,6 @@ def _row_path(
     return costs, snaps
 
 
-def _lowrank_paths(
-    W: np.ndarray, Z: np.ndarray, lam: float, steps: int, layer: str | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every row's OBS path on ``H = lam I + Z^T Z`` at once, for a Hessian of rank S < D; the same removals
-    and costs as :func:`_row_path` on the damped inverse of ``Z^T Z`` (to rounding), in O(R S D) per step
-    instead of O(R D^2).
-
-    The inverse is never formed: on the surviving inputs R (Woodbury) ::
-
-        [H_RR]^-1 = (1/lam) (I - Z_R^T P Z_R),   P = (lam I_S + Z_R Z_R^T)^-1   (S x S)
-
-    so its column q is ``c = (1/lam) (e_q - Z_R^T P z_q)``, the OBS step and the Schur downdate of the
-    diagonal are ``w -= (w_q / d_q) c``, ``d -= c^2 / d_q``, and removing q from R is a rank-1 update of P
-    (Sherman-Morrison, ``P += v v^T / (lam d_q)`` with ``v = P z_q``). The rows share Z and differ in w, d, P.
-
-    Parameters
-    ----------
-    W : ndarray, shape (R, D), float64
-    Z : ndarray, shape (S, D), float64, with ``Z^T Z = H`` (``sqrt(2) X`` for OBC's ``H = 2 X^T X``)
-    lam : float, > 0
-    steps : int
-        Removals per row.
-
-    Returns
-    -------
-    costs : ndarray, shape (R, D), float64, the incremental costs in path order (inf past ``steps``)
-    order : ndarray, shape (R, steps), int64, the inputs removed, in path order
-    """
-    R, D = W.shape
-    S = Z.shape[0]
-    P0 = np.linalg.inv(lam * np.eye(S) + Z @ Z.T)
-    P0 = 0.5 * (P0 + P0.T)
-    w = np.array(W, dtype=np.float64, copy=True)
-    d = np.repeat(((1.0 - np.einsum("si,st,ti->i", Z, P0, Z)) / lam)[None, :], R, axis=0)  # diag [H^-1]
-    P = np.repeat(P0[None], R, axis=0)  # (R, S, S)
-    alive = np.ones((R, D), dtype=bool)
-    live = np.ones((R, D))  # alive as 0/1 floats
-    costs = np.full((R, D), np.inf)
-    order = np.zeros((R, steps), dtype=np.int64)
-    rows = np.arange(R)
-    # preallocated (R, D) buffers: fresh temporaries of this size cost a page-faulting allocation each, which
-    # was measured to take longer than the arithmetic
-    L, c, buf = np.empty((R, D)), np.empty((R, D)), np.empty((R, D))
-    for t in range(steps):
-        np.multiply(w, w, out=buf)
-        np.multiply(d, 2.0, out=L)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(buf, L, out=L)  # OBS: L_q = w_q^2 / (2 [H^-1]_qq)
-        L[~alive] = np.inf
-        q = np.argmin(L, axis=1)
-        dq = d[rows, q]
-        if not np.all(dq > 0):
-            r = int(np.argmin(dq))
-            raise SingularHessianError(
-                f"[H^-1]_qq = {dq[r]} in layer-wise OBS{_where(layer)} (row {r}); raise the damping",
-                layer=layer,
-            )
-        costs[:, t] = L[rows, q]
-        order[:, t] = q
-        wq = w[rows, q]
-        v = np.einsum("rst,sr->rt", P, Z[:, q])  # P z_q, (R, S)
-        if S == 1:
-            np.multiply(v, Z, out=c)  # an outer product: BLAS gemm with k = 1 was measured 2x slower
-        else:
-            np.matmul(v, Z, out=c)
-        c *= -1.0 / lam  # column q of [H_RR]^-1 off q
-        c[rows, q] = dq
-        c *= live  # removed inputs are out of R: zero rows and columns of the Schur complement
-        np.multiply(c, (wq / dq)[:, None], out=buf)
-        w -= buf  # OBS: dw = -(w_q / [H^-1]_qq) H^-1 e_q
-        w[rows, q] = 0.0
-        np.multiply(c, c, out=buf)
-        buf /= dq[:, None]
-        d -= buf  # diag of H^-1 - H^-1 e_q e_q^T H^-1 / [H^-1]_qq
-        P += v[:, :, None] * v[:, None, :] / (lam * dq)[:, None, None]
-        alive[rows, q] = False
-        live[rows, q] = 0.0
-    return costs, order
-
-
 def _lowrank_solution(W: np.ndarray, Z: np.ndarray, lam: float, removed: np.ndarray) -> np.ndarray:
     """Every row's weights after OBS removed the inputs ``removed[r]`` (bool (R, D)), in closed form.
 
@@ -500,7 +421,7 @@ def layerwise_obs(
     n_dead = D - Dl
     Wl = W2[:, live]
     # Fewer input rows than live inputs (a small Hessian batch: LeNet-5's ip1 sees one row per image and has
-    # 800 inputs): H has rank S < D, and the paths run on its factor for all rows at once (_lowrank_paths).
+    # 800 inputs): H has rank S < D, and the paths run on its factor (refdns.kernels.obs_lowrank).
     lowrank = 0 < len(X) < Dl
     if lowrank:
         Z = np.sqrt(2.0) * X[:, live]  # Z^T Z = H
@@ -512,11 +433,11 @@ def layerwise_obs(
         ks = [np.full(R, D - int(round(f * D))) for f in kept_fractions]
         if lowrank:
             longest = max((int(k.max()) for k in ks), default=0) - n_dead
-            order = _lowrank_paths(Wl, Z, lam, max(0, longest), layer)[1]
+            order = obs_lowrank_paths(Wl, Z, lam, max(0, longest), layer=layer)[1]
     else:
         costs = np.zeros((R, D))
         if lowrank:
-            costs[:, n_dead:], order = _lowrank_paths(Wl, Z, lam, Dl, layer)
+            costs[:, n_dead:], order = obs_lowrank_paths(Wl, Z, lam, Dl, layer=layer)
         else:
             for r in range(R):
                 costs[r, n_dead:] = _row_path(Wl[r], h_inv, Dl, [], layer)[0]

@@ -76,6 +76,8 @@ GOLDEN_OBD = {"kept_fraction": 0.5, "at_iteration": 1}  # one dense step first, 
 GOLDEN_OBS = {"kept_fraction": 0.5, "at_iteration": 1, "hessian": "layerwise", "damping": 0.01}
 GOLDEN_OBS_SAMPLES = 1
 
+RUN_STEPS = 20  # write_run_golden's default cap on the steps traced of a run file's experiment
+
 GOLDEN_METHODS = (
     "dense", "dns", "dns-distiller", "han", "magnitude", "magnitude-global", "random", "obd", "obs",
 )
@@ -376,7 +378,8 @@ def write_run_golden(
 ) -> dict[str, Any]:
     """Trace an experiment with its own settings (``refdns golden --run EXPERIMENT.toml``).
 
-    The traced steps are the first ``steps`` (default: all) of the phase that carries the experiment's
+    The traced steps are the first ``steps`` (default: all, at most :data:`RUN_STEPS`: every step stores its
+    whole batch, so a full run would take gigabytes) of the phase that carries the experiment's
     method: its pruning phase, started as :func:`refdns.pipeline.reproduce` starts it (from the dense
     checkpoint ``exp.dense_from``, or from the dense phase ``exp.dense`` run here untraced), with the
     method's config, the pruning solver ``exp.train`` (batch size, lr policy, momentum, weight decay, data
@@ -391,7 +394,7 @@ def write_run_golden(
     spec = exp.spec
     cfg = exp.dense if exp.method is None else exp.train
     phase = "dense" if exp.method is None else "train"
-    steps = cfg.iterations if steps is None else steps
+    steps = min(cfg.iterations, RUN_STEPS) if steps is None else steps
     if cfg.iterations < 1:
         raise TraceError(f"{phase}.iterations = 0: the run's {exp.method_name} phase takes no step to trace")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= cfg.iterations:

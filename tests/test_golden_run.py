@@ -169,3 +169,18 @@ def test_an_output_that_would_clobber_an_input_is_refused(tiny, tmp_path, capsys
 def test_golden_without_run_still_needs_a_net(tmp_path, capsys):
     assert cli.main(["golden", "-o", str(tmp_path / "x.h5")]) == 2
     assert "--net" in capsys.readouterr().err
+
+
+def test_a_long_run_is_traced_for_its_first_steps_unless_told(tmp_path, capsys):
+    """Each traced step stores its whole batch: the default stops at golden.RUN_STEPS, and says so."""
+    from refdns.golden import RUN_STEPS
+
+    path = tmp_path / "long.toml"
+    path.write_text(f'net = "lenet-300-100"\n[dense]\niterations = {RUN_STEPS + 5}\nbatch_size = 2\n'
+                    "test_interval = 0\n")
+    out = tmp_path / "l.h5"
+    assert cli.main(_golden("--run", str(path), "-o", str(out))) == 0
+    printed = capsys.readouterr().out
+    assert f"the first {RUN_STEPS} of the run's {RUN_STEPS + 5} dense iterations" in printed
+    with h5py.File(out) as f:
+        assert int(f.attrs["steps"]) == RUN_STEPS

@@ -10,7 +10,7 @@ from refdns import checkpoint
 from refdns.atomic import check_inputs, check_outputs
 from refdns.cli.common import NATURAL, POSITIVE, _output_args, _tolerance, write_json
 from refdns.errors import ConfigError
-from refdns.golden import GOLDEN_METHODS
+from refdns.golden import GOLDEN_METHODS, RUN_STEPS
 from refdns.nets import get_spec
 
 
@@ -75,7 +75,7 @@ def _golden_of_run(args, write_run_golden) -> int:
         check_inputs({"dense.from": exp.dense_from})
     cfg = exp.dense if exp.method is None else exp.train
     phase = "dense" if exp.method is None else "train"
-    steps = getattr(args, "steps", cfg.iterations)
+    steps = getattr(args, "steps", min(cfg.iterations, RUN_STEPS))
     if cfg.iterations < 1:
         raise ConfigError(f"{args.run}: {phase}.iterations = 0, no step of the {exp.method_name} phase "
                           "to trace")
@@ -92,6 +92,9 @@ def _golden_of_run(args, write_run_golden) -> int:
                           "training images")
     summary = write_run_golden(args.out, exp, data, steps=steps, max_elements=args.max_elements,
                                source=str(args.run))
+    if steps < cfg.iterations:
+        print(f"the first {steps} of the run's {cfg.iterations} {exp.method_name} iterations; "
+              "--steps N for more")
     return _golden_report(args, exp.net, exp.method_name, steps, cfg.batch_size, exp.seed, summary,
                           run=str(args.run))
 
@@ -166,7 +169,8 @@ def add_commands(command, nets) -> None:
                    "settings: the first --steps steps of its pruning phase (of its dense phase if it has no "
                    "method), started as refdns run starts it")
     p.add_argument("--steps", type=POSITIVE, default=unset,
-                   help="training steps to trace (default: 5); with --run, all of the phase's iterations")
+                   help=f"training steps to trace (default: 5); with --run, the phase's iterations, at most "
+                   f"{RUN_STEPS}")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="trace file to write (HDF5)")
     p.add_argument("--seed", type=NATURAL, default=unset,
                    help="seeds init, batch order and mask draws (default: 0); with --run, the run "

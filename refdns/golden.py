@@ -36,6 +36,8 @@ from refdns.errors import CheckpointError, TraceError
 from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec
 from refdns.optim import SGDConfig
+from refdns.perf import limit_threads
+from refdns.pipeline import Data, Experiment, experiment_config, load_dense_from, selection_data
 from refdns.prune.base import PruningMethod
 from refdns.prune.dns import DNS, DNSConfig, DNSLayerConfig
 from refdns.prune.han import Han, HanConfig
@@ -44,7 +46,8 @@ from refdns.prune.obd import OBD, OBDConfig
 from refdns.prune.obs import OBS, OBSConfig
 from refdns.prune.random import RandomConfig, RandomPruning
 from refdns.run import TrainConfig, new_run
-from refdns.train import train_step
+from refdns.runfile import to_dict as run_file_dict
+from refdns.train import train, train_step
 
 FORMAT = "refdns-trace"
 SCHEMA_VERSION = 1
@@ -67,10 +70,13 @@ GOLDEN_DENSITY = 0.5  # magnitude (per layer) and random
 GOLDEN_GLOBAL_DENSITY = 0.3  # magnitude, one threshold for the net
 GOLDEN_HESSIAN_SAMPLES = 16  # OBD's curvature batch: the first training images, stored in the trace
 GOLDEN_OBD = {"kept_fraction": 0.5, "at_iteration": 1}  # one dense step first, then the one-shot prune
-# OBS: the layer-wise (OBC) surgeon, the only one that fits these nets; its cost grows with the inputs live on
-# the Hessian batch, so one image (LeNet-300-100 only: LeNet-5's ip1 has 800 live inputs on any batch).
+# OBS: the layer-wise (OBC) surgeon, the only one that fits these nets, on one image: every layer's
+# H = 2 X^T X then has rank <= the layer's input rows (1 for dense layers), and the surgeon's paths run on
+# that factor (LeNet-5's ip1, 500 rows of 800 inputs: seconds, not the minutes of 800 x 800 downdates).
 GOLDEN_OBS = {"kept_fraction": 0.5, "at_iteration": 1, "hessian": "layerwise", "damping": 0.01}
 GOLDEN_OBS_SAMPLES = 1
+
+RUN_STEPS = 20  # write_run_golden's default cap on the steps traced of a run file's experiment
 
 GOLDEN_METHODS = (
     "dense", "dns", "dns-distiller", "han", "magnitude", "magnitude-global", "random", "obd", "obs",
@@ -247,10 +253,49 @@ def write_golden(
         raise TraceError(f"steps={steps} must be >= 1")
     method = golden_method(spec.name, method_name, x_train, y_train)
     cfg = TrainConfig(iterations=steps, batch_size=batch_size, test_interval=0, sgd=GOLDEN_SGD)
-    state = new_run(spec, len(x_train), cfg, seed=seed)
-    state.params = {
-        k: (np.round(w / INIT_GRID) * INIT_GRID).astype(np.float32) for k, w in state.params.items()
+    golden = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "init_grid": INIT_GRID,
+        "max_elements": max_elements,
+        "start": "Caffe xavier from new_run(seed), rounded to init_grid; zero velocity",
+        "batches": f"{dataset} train set, BatchStream order of new_run(seed)",
     }
+    return write_trace(path, spec, method, method_name, cfg, steps, x_train, y_train, seed=seed,
+                       round_init=True, max_elements=max_elements, dataset=dataset, golden=golden)
+
+
+def write_trace(
+    path: str | os.PathLike,
+    spec: NetSpec,
+    method: PruningMethod,
+    method_name: str,
+    cfg: TrainConfig,
+    steps: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    *,
+    seed: int,
+    params: dict[str, np.ndarray] | None = None,
+    masks: dict[str, np.ndarray] | None = None,
+    round_init: bool = False,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    dataset: str = "mnist",
+    golden: dict[str, Any],
+    extra_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Trace the first ``steps`` steps of ``method`` trained by ``cfg`` from ``new_run(seed)`` (its xavier
+    start, or ``params``/``masks``), and write them to ``path`` atomically: the steps
+    :func:`refdns.train.train` takes for this run, step for step. ``round_init`` rounds the start to
+    :data:`INIT_GRID` (the committed goldens' start); ``golden`` describes the trace (the ``config``
+    attribute's ``golden`` entry), ``extra_config`` is added to that attribute."""
+    if not 1 <= steps <= max(cfg.iterations, 1):
+        raise TraceError(f"steps={steps} must be between 1 and the run's {cfg.iterations} iterations")
+    state = new_run(spec, len(x_train), cfg, seed=seed, params=params, masks=masks)
+    if round_init:
+        state.params = {
+            k: (np.round(w / INIT_GRID) * INIT_GRID).astype(np.float32) for k, w in state.params.items()
+        }
     state.method_state = method.init_state(spec, state.params)  # as refdns.train.train does at iteration 0
     layers = list(spec.layer_names)
     config = {
@@ -259,15 +304,8 @@ def write_golden(
         "seed": seed,
         "train": to_dict(cfg),
         "method": method.config_dict() | {"method": method_name},
-        "golden": {
-            "steps": steps,
-            "batch_size": batch_size,
-            "init_grid": INIT_GRID,
-            "max_elements": max_elements,
-            "start": "Caffe xavier from new_run(seed), rounded to init_grid; zero velocity",
-            "batches": f"{dataset} train set, BatchStream order of new_run(seed)",
-        },
-    }
+        "golden": golden,
+    } | (extra_config or {})
     summary: dict[str, Any] = {"loss": [], "pruned": [], "spliced": [], "fired": []}
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -282,7 +320,7 @@ def write_golden(
                     "method": method_name,
                     "seed": seed,
                     "steps": steps,
-                    "batch_size": batch_size,
+                    "batch_size": cfg.batch_size,
                     "producer": f"refdns {__version__}",
                     "config": json.dumps(config, sort_keys=True),
                 }
@@ -327,6 +365,70 @@ def write_golden(
             f.flush()
         seal(tmp)  # the checkpoints' seal: verify refuses a damaged trace before libhdf5 parses it
     return summary
+
+
+def write_run_golden(
+    path: str | os.PathLike,
+    exp: Experiment,
+    data: Data,
+    *,
+    steps: int | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Trace an experiment with its own settings (``refdns golden --run EXPERIMENT.toml``).
+
+    The traced steps are the first ``steps`` (default: all, at most :data:`RUN_STEPS`: every step stores its
+    whole batch, so a full run would take gigabytes) of the phase that carries the experiment's
+    method: its pruning phase, started as :func:`refdns.pipeline.reproduce` starts it (from the dense
+    checkpoint ``exp.dense_from``, or from the dense phase ``exp.dense`` run here untraced), with the
+    method's config, the pruning solver ``exp.train`` (batch size, lr policy, momentum, weight decay, data
+    order), ``exp.seed``, dataset, protocol (with ``select_on="validation"`` the held-out images are left out
+    of the batches) and thread count; a run without a method traces its dense phase from the xavier start.
+    The weights are not rounded to :data:`INIT_GRID`: step ``k`` of the trace is iteration ``k`` of
+    ``refdns run`` on the same run file. The resolved run file is stored in the ``config`` attribute
+    (``run``), ``source`` names where it came from.
+
+    Returns the per-step summary of :func:`write_trace`.
+    """
+    spec = exp.spec
+    cfg = exp.dense if exp.method is None else exp.train
+    phase = "dense" if exp.method is None else "train"
+    steps = min(cfg.iterations, RUN_STEPS) if steps is None else steps
+    if cfg.iterations < 1:
+        raise TraceError(f"{phase}.iterations = 0: the run's {exp.method_name} phase takes no step to trace")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= cfg.iterations:
+        raise TraceError(f"steps={steps!r} must be between 1 and the run's {cfg.iterations} "
+                         f"{exp.method_name} iterations ({phase}.iterations)")
+    sel = selection_data(data, exp.select_on)
+    with limit_threads(exp.threads):
+        params = masks = None
+        if exp.method is None:
+            start = "Caffe xavier from new_run(seed), the run's dense phase; zero velocity"
+        elif exp.dense_from is not None:
+            dense = load_dense_from(exp)
+            params, masks = dense.params, dense.masks
+            start = f"the dense checkpoint {exp.dense_from} (dense.from); zero velocity"
+        else:  # the run's dense phase, as refdns.pipeline.reproduce runs it (its tests change nothing)
+            dense = new_run(spec, len(sel.x_train), exp.dense, seed=exp.seed)
+            train(dense, sel.x_train, sel.y_train, exp.dense)
+            params, masks = dense.params, dense.masks
+            start = (f"the run's dense phase ({exp.dense.iterations} iterations from seed {exp.seed}, "
+                     "not traced); zero velocity")
+        held_out = " less the validation split" if exp.select_on == "validation" else ""
+        golden = {
+            "steps": steps,
+            "batch_size": cfg.batch_size,
+            "max_elements": max_elements,
+            "start": start,
+            "batches": f"{exp.dataset} train set{held_out}, BatchStream order ({cfg.data_order}) of "
+                       "new_run(seed)",
+            "run_file": source,
+        }
+        extra = experiment_config(exp) | {"run": run_file_dict(exp)}
+        return write_trace(path, spec, exp.method or PruningMethod(), exp.method_name, cfg, steps,
+                           sel.x_train, sel.y_train, seed=exp.seed, params=params, masks=masks,
+                           max_elements=max_elements, dataset=exp.dataset, golden=golden, extra_config=extra)
 
 
 def seal_trace(path: str | os.PathLike) -> None:

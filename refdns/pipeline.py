@@ -45,6 +45,43 @@ PROTOCOL_LABEL = {
                   "test set read once, at the end",
 }
 
+# Data order alone moves DNS's result about as much as a seed (issue 16): every results table says which.
+DATA_ORDER_LABEL = {
+    "shuffled": "shuffled (a fresh permutation of the training set each epoch, from the seed)",
+    "caffe": "caffe (the training set in file order, as Caffe reads it)",
+}
+
+
+def order_info(config: dict[str, Any]) -> dict[str, Any]:
+    """What a results table says about a run's batches and draws, from its configuration (a checkpoint's
+    ``config``, :func:`run_config` ``|`` :func:`experiment_config`, or a resolved run file dict).
+
+    ``data_order`` of the phase that made the result (``train``; a dense-only run file's ``dense``; configs
+    written before the setting existed were shuffled), ``dense_data_order`` when a dense phase run with it
+    used another order, and ``draws``/``srand_seed`` when DNS's draws are not the default NumPy stream.
+    """
+    train = config.get("train") or config.get("dense") or {}
+    out: dict[str, Any] = {"data_order": train.get("data_order", "shuffled")}
+    dense = config.get("dense") or {}
+    trained_here = not config.get("dense_from") and "from" not in dense  # checkpoint config / run file
+    if dense and trained_here and dense.get("data_order", "shuffled") != out["data_order"]:
+        out["dense_data_order"] = dense.get("data_order", "shuffled")
+    method = config.get("method") or {}
+    if method.get("draws", "numpy") != "numpy":
+        out |= {"draws": method["draws"], "srand_seed": method.get("srand_seed", 1)}
+    return out
+
+
+def order_note(info: dict[str, Any]) -> str:
+    """The line of :func:`order_info` a table prints: ``data order shuffled (...)`` and what differs."""
+    text = f"data order {DATA_ORDER_LABEL.get(info['data_order'], info['data_order'])}"
+    if "dense_data_order" in info:
+        text += f"; the dense phase's: {info['dense_data_order']}"
+    if "draws" in info:
+        how = f"glibc rand() after srand({info['srand_seed']})" if info["draws"] == "caffe" else info["draws"]
+        text += f"; DNS draws {info['draws']} ({how})"
+    return text
+
 
 @dataclass
 class Data:
@@ -186,6 +223,12 @@ def experiment_config(exp: Experiment) -> dict[str, Any]:
             "dense_from": exp.dense_from}
 
 
+def experiment_order(exp: Experiment) -> dict[str, Any]:
+    """:func:`order_info` of an experiment: the data order of its last phase, and DNS's draws."""
+    cfg = exp.dense if exp.method is None else exp.train
+    return order_info(run_config(exp.spec, exp.dataset, exp.seed, cfg, exp.method) | experiment_config(exp))
+
+
 def prune_without_training(state: RunState, method: PruningMethod) -> None:
     """Apply a method's iteration-0 masks with no training step (one-shot pruning without retraining).
 
@@ -323,19 +366,25 @@ def reproduce(
         return _reproduce(exp, data, dense_out, out, dense_state, on_phase, on_step, on_test)
 
 
+def load_dense_from(exp: Experiment) -> RunState:
+    """The dense state of ``exp.dense_from``, refused (ConfigError) if it holds another net, or was trained on
+    the validation split that ``exp`` holds out."""
+    ck = checkpoint.load(exp.dense_from)
+    if ck.state.spec.name != exp.net:
+        raise ConfigError(f"{exp.dense_from} holds a {ck.state.spec.name}, not a {exp.net}")
+    if exp.select_on == "validation" and ck.config.get("select_on", "test") != "validation":
+        raise ConfigError(f"{exp.dense_from} was trained on all training images, the validation split "
+                          "included: with select_on='validation' start from a dense run that held it out")
+    return ck.state
+
+
 def _reproduce(exp, data, dense_out, out, dense_state, on_phase, on_step, on_test) -> Result:
     spec = exp.spec
     t0 = time.perf_counter()
     sel = selection_data(data, exp.select_on)
     extra = experiment_config(exp)
     if dense_state is None and exp.dense_from is not None:
-        ck = checkpoint.load(exp.dense_from)
-        if ck.state.spec.name != spec.name:
-            raise ConfigError(f"{exp.dense_from} holds a {ck.state.spec.name}, not a {spec.name}")
-        if exp.select_on == "validation" and ck.config.get("select_on", "test") != "validation":
-            raise ConfigError(f"{exp.dense_from} was trained on all training images, the validation split "
-                              "included: with select_on='validation' start from a dense run that held it out")
-        dense_state = ck.state
+        dense_state = load_dense_from(exp)
     if dense_state is not None:
         dense = Phase("dense", dense_state, {}, evaluate(dense_state, sel.x_test, sel.y_test), None,
                       Path(exp.dense_from) if exp.dense_from else None)
@@ -371,7 +420,8 @@ def _reproduce(exp, data, dense_out, out, dense_state, on_phase, on_step, on_tes
             checkpoint.save(out, pruned.state, method=pruned.name, config=pruned.config)
         result.summary = pruning_summary(spec, pruned.state.masks, dense.test_error, pruned.test_error)
         result.summary |= {"select_on": exp.select_on, "validation_error": pruned.validation_error,
-                           "dense_validation_error": dense.validation_error}
+                           "dense_validation_error": dense.validation_error,
+                           "order": experiment_order(exp)}
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -516,6 +566,8 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"validation error {100 * summary['dense_validation_error']:.2f}% (dense) -> "
                      f"{100 * summary['validation_error']:.2f}% (pruned)")
     lines.append(f"settings {PROTOCOL_LABEL[summary.get('select_on', 'test')]}")
+    if summary.get("order") is not None:
+        lines.append(order_note(summary["order"]))
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from refdns.atomic import write_figure, write_text
 from refdns.checkpoint import Checkpoint
 from refdns.errors import ConfigError
-from refdns.pipeline import PROTOCOL_LABEL, churn_by_interval, layer_table
+from refdns.pipeline import PROTOCOL_LABEL, churn_by_interval, layer_table, order_info, order_note
 from refdns.run import RunState
 
 
@@ -159,7 +159,8 @@ def write_report(ck: Checkpoint, out_dir: str | Path, *, source: str, dense: Run
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} img{{max-width:100%}}
 td,th{{padding:2px 10px;text-align:right}}</style></head><body>
 <h1>{html.escape(st.spec.name)}, {html.escape(ck.method)}: {html.escape(source)}</h1>
-<p>iteration {st.iteration}; errors {html.escape(PROTOCOL_LABEL[select_on])}</p>
+<p>iteration {st.iteration}; errors {html.escape(PROTOCOL_LABEL[select_on])};
+{html.escape(order_note(order_info(ck.config)))}</p>
 <table><tr><th>layer</th><th>params</th><th>kept</th><th>kept %</th></tr>{table}</table>
 {body}
 <h2>configuration</h2><pre>{html.escape(json.dumps(ck.config, indent=1, sort_keys=True))}</pre>
@@ -202,8 +203,12 @@ def sweep_figure(table: dict[str, Any], out_dir: str | Path) -> Figure:
     ax.set_ylabel("error (%), mean ± sd over seeds")
     ax.legend()
     n = len(table["seeds"])
-    return _save(plt, fig, "sweep", out_dir, f"sweep of {table['net']} ({table['method']}), {n} seed(s)\n"
-                 f"{PROTOCOL_LABEL[table['select_on']]}")
+    order = table.get("order")  # None: it varies over the grid (or a table written before it was recorded)
+    data = ""
+    if order:
+        data = f"; data order {order['data_order']}" + (f", draws {order['draws']}" if "draws" in order else "")
+    title = f"sweep of {table['net']} ({table['method']}), {n} seed(s){data}"
+    return _save(plt, fig, "sweep", out_dir, f"{title}\n{PROTOCOL_LABEL[table['select_on']]}")
 
 
 def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path) -> list[Figure]:

@@ -8,10 +8,11 @@ table, labelled with the protocol the settings were selected under.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
-from refdns.pipeline import PROTOCOL_LABEL, Result, layer_table
+from refdns.pipeline import PROTOCOL_LABEL, Result, experiment_order, layer_table, order_note
 
 
 def result_row(result: Result) -> dict[str, Any]:
@@ -21,6 +22,7 @@ def result_row(result: Result) -> dict[str, Any]:
     return {
         "seed": result.experiment.seed,
         "select_on": result.experiment.select_on,
+        "order": experiment_order(result.experiment),
         "test_error": final.test_error,
         "validation_error": final.validation_error,
         "dense_test_error": result.dense.test_error,
@@ -48,9 +50,14 @@ def seed_statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     protocols = {r["select_on"] for r in rows}
     if len(protocols) != 1:
         raise ValueError(f"rows mix selection protocols {sorted(protocols)}")
+    # rows of one experiment share its data order (rows written before it was recorded carry none)
+    orders = {json.dumps(r["order"], sort_keys=True) for r in rows if r.get("order") is not None}
+    if len(orders) > 1:
+        raise ValueError(f"rows mix data orders or draws {sorted(orders)}")
     out = {
         "seeds": [r["seed"] for r in rows],
         "select_on": rows[0]["select_on"],
+        "order": json.loads(orders.pop()) if orders else None,
         "test_error": describe([r["test_error"] for r in rows]),
         "validation_error": None,
         "kept_fraction": describe([r["kept_fraction"] for r in rows]),
@@ -87,4 +94,6 @@ def format_statistics(stats: dict[str, Any], title: str) -> str:
     for layer, d in stats["layers"].items():
         lines.append(f"| kept {layer} | {pm(d, digits=3)} | {_range(d, 3)} |")
     lines.append(f"| kept total | {pm(stats['kept_fraction'], digits=3)} | {_range(stats['kept_fraction'], 3)} |")
+    if stats.get("order") is not None:
+        lines += ["", order_note(stats["order"])]
     return "\n".join(lines)

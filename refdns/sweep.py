@@ -38,7 +38,7 @@ from typing import Any
 
 from refdns.atomic import write_text
 from refdns.errors import ConfigError
-from refdns.pipeline import PROTOCOL_LABEL, Data, load_data, reproduce
+from refdns.pipeline import PROTOCOL_LABEL, Data, load_data, order_info, order_note, reproduce
 from refdns.runfile import builtin_recipes, from_dict, loads, to_dict
 from refdns.stats import pm, result_row, seed_statistics
 
@@ -269,6 +269,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, engine, *, data_dir: str | None
 
 TABLE_FIELDS = ("test_error", "validation_error", "dense_test_error", "kept_fraction", "layers", "seed",
                 "select_on")
+# grid keys that change what order_info reports: with one of them in the grid the order is per point
+ORDER_KEYS = ("train.data_order", "dense.data_order", "method.draws", "method.srand_seed")
 
 
 def table(sweep: Sweep, rows: list[tuple[dict[str, Any], int, dict[str, Any]]]) -> dict[str, Any]:
@@ -276,11 +278,15 @@ def table(sweep: Sweep, rows: list[tuple[dict[str, Any], int, dict[str, Any]]]) 
     and runs) and the statistics over them."""
     points = []
     for point in sweep.points():
-        mine = [{k: r[k] for k in TABLE_FIELDS} for pt, _, r in rows if pt == point]
+        # rows written before the data order was recorded have none: the point's run file says it
+        order = order_info(sweep.point_run(point))
+        mine = [{k: r[k] for k in TABLE_FIELDS} | {"order": r.get("order") or order}
+                for pt, _, r in rows if pt == point]
         points.append({"values": point, "rows": mine, "statistics": seed_statistics(mine)})
+    per_point = any(k in ORDER_KEYS for k in sweep.grid)
     return {"grid": list(sweep.grid), "seeds": list(sweep.seeds), "select_on": sweep.base["select_on"],
             "net": sweep.base["net"], "method": sweep.base.get("method", {}).get("name", "dense"),
-            "points": points}
+            "order": None if per_point else order_info(sweep.base), "points": points}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -291,7 +297,9 @@ def format_table(result: dict[str, Any]) -> str:
     head = [*keys, "seeds", *(["validation error"] if validation else []), "test error", "kept total",
             *(f"kept {x}" for x in layers)]
     lines = [f"sweep of {result['net']} ({result['method']}): {len(result['points'])} point(s) x "
-             f"{len(result['seeds'])} seed(s) {result['seeds']}; {PROTOCOL_LABEL[result['select_on']]}", "",
+             f"{len(result['seeds'])} seed(s) {result['seeds']}; {PROTOCOL_LABEL[result['select_on']]}",
+             order_note(result["order"]) if result.get("order") else "data order and draws: per point (grid)",
+             "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(keys) + "---:|" * (len(head) - len(keys))]
     for p in result["points"]:
         st = p["statistics"]

@@ -15,7 +15,7 @@ names, the golden's full ``config``), and then calls ``step(inp)`` once per gold
   golden computed them, for a candidate that wants to start from them (one that computes its own returns
   those, and they are compared);
 * ``given_masks``: for ``random`` only, the masks the golden drew (the draw is an input, like ``fired``);
-* ``hessian``: for OBD's prune step, the curvature batch ``(x, y)``.
+* ``hessian``: for OBD's and OBS's prune step, the curvature batch ``(x, y)``.
 
 ``step`` does one training step (mask update, forward on ``W * T``, loss, backward, solver update) and
 returns a small dict:

@@ -52,6 +52,7 @@ def test_reproduce_runs_dense_then_surgery_and_reports_the_paper_table(tmp_path)
                 "--test-interval", "0", "--out-dir", str(tmp_path), "--json", str(js), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "| ip1 |" in r.stdout and "compression" in r.stdout and "mask churn" in r.stdout
+    assert "data order shuffled" in r.stdout and "draws" not in r.stdout  # issue 16: under the paper table
     fig = json.loads(js.read_text())
     for key in ("test_error", "dense_test_error", "kept_fraction", "seconds", "layers", "churn", "thresholds"):
         assert key in fig
@@ -66,6 +67,7 @@ def test_reproduce_runs_dense_then_surgery_and_reports_the_paper_table(tmp_path)
                 "--recipe", "authors", "--c-rate", "ip3=1.5", "--iterations", "50", "--test-interval", "0",
                 "--out", str(tmp_path / "d.h5"), "--json", str(js2), "--no-progress")
     assert r.returncode == 0, r.stderr
+    assert "data order shuffled" in r.stdout
     fig = json.loads(js2.read_text())
     assert fig["config"]["method"]["layers"]["ip3"]["c_rate"] == 1.5
     assert fig["config"]["method"]["layers"]["ip1"]["c_rate"] == 3.0

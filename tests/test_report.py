@@ -25,6 +25,7 @@ def test_report_of_a_short_real_run_writes_every_figure_with_its_axes(mnist, tmp
     assert all(y.endswith(": connections") for _, y in by["churn"].axes)
     page = (tmp_path / "rep" / "index.html").read_text()
     assert all(f'src="{f.path.name}"' in page for f in figs) and "validation split" in page
+    assert "data order shuffled" in page  # issue 16
 
     # the CLI finds the dense checkpoint through the run's config
     assert main(["report", str(tmp_path / "p.h5"), "-o", str(tmp_path / "cli")]) == 0
@@ -45,7 +46,7 @@ def test_sweep_figure_draws_error_against_kept_fraction_with_seed_error_bars(tmp
         return {"values": {"method.layers.*.c_rate": c}, "rows": [], "statistics": st}
 
     table = {"grid": ["method.layers.*.c_rate"], "seeds": [0, 1], "select_on": "validation",
-             "net": "lenet-300-100", "method": "dns",
+             "net": "lenet-300-100", "method": "dns", "order": {"data_order": "caffe", "draws": "caffe"},
              "points": [point(1.0, [0.02, 0.021], [0.02, 0.021]), point(2.0, [0.03, 0.031], [0.01, 0.012])]}
     (tmp_path / "sw").mkdir()
     (tmp_path / "sw" / "table.json").write_text(json.dumps(table))
@@ -55,4 +56,4 @@ def test_sweep_figure_draws_error_against_kept_fraction_with_seed_error_bars(tmp
 
     fig = sweep_figure(table, tmp_path / "again")
     assert fig.axes == (("kept connections (% of the net)", "error (%), mean ± sd over seeds"),)
-    assert "validation split" in fig.title
+    assert "validation split" in fig.title and "data order caffe, draws caffe" in fig.title

@@ -101,11 +101,14 @@ def test_cli_run_show_and_rerun(mnist, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("REFDNS_DATA", str(_data_dir()))
     rf = tmp_path / "tiny.toml"
     rf.write_text('net = "lenet-300-100"\nseeds = "0-1"\n[dense]\niterations = 20\ntest_interval = 0\n'
-                  '[method]\nname = "dns"\nrecipe = "refdns"\n[train]\niterations = 10\ntest_interval = 0\n')
+                  '[method]\nname = "dns"\nrecipe = "refdns"\n[train]\niterations = 10\ntest_interval = 0\n'
+                  'data_order = "caffe"\n')
     assert main(["run", str(rf), "--out-dir", str(tmp_path / "out"), "--no-progress", "--no-download",
                  "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "2 seed(s) [0, 1]" in out and "the paper's protocol" in out and "| kept ip1 |" in out
+    # issue 16: the table names the pruning phase's data order, and the dense phase's when it differs
+    assert "data order caffe (the training set in file order" in out and "the dense phase's: shuffled" in out
     ck = tmp_path / "out" / "seed1-dns.h5"
     assert main(["show", str(ck)]) == 0
     shown = capsys.readouterr().out

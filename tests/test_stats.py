@@ -34,6 +34,22 @@ def test_statistics_label_the_protocol_and_refuse_mixed_protocols():
         seed_statistics([_row(0, 0.02), _row(1, 0.03, 0.02, "validation")])
 
 
+def test_statistics_state_the_data_order_and_draws_and_refuse_mixed_orders():
+    """Issue 16: data order alone moves DNS's result, so the seed table says which order (and DNS's draws
+    when they are not the default stream)."""
+    shuffled = {"data_order": "shuffled"}
+    caffe = {"data_order": "caffe", "draws": "caffe", "srand_seed": 1}
+    text = format_statistics(seed_statistics([_row(0, 0.02) | {"order": shuffled}] * 2), "x")
+    assert "data order shuffled" in text and "draws" not in text
+    rows = [_row(0, 0.02) | {"order": caffe}, _row(1, 0.03) | {"order": caffe}]
+    text = format_statistics(seed_statistics(rows), "x")
+    assert "data order caffe (the training set in file order" in text
+    assert "DNS draws caffe (glibc rand() after srand(1))" in text
+    with pytest.raises(ValueError, match="data orders"):
+        seed_statistics([_row(0, 0.02) | {"order": shuffled}, _row(1, 0.03) | {"order": caffe}])
+    assert "data order" not in format_statistics(seed_statistics([_row(0, 0.02)]), "x")  # rows from before
+
+
 def test_reproduce_seeds_runs_each_seed_and_reports_statistics(mnist, tmp_path, capsys):
     from refdns.cli import main
     from tests.conftest import require_data
@@ -44,7 +60,9 @@ def test_reproduce_seeds_runs_each_seed_and_reports_statistics(mnist, tmp_path, 
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "2 seed(s) [0, 1]" in out and "| validation error |" in out
+    assert "data order shuffled" in out  # under the seed statistics
     fig = json.loads((tmp_path / "s.json").read_text())
+    assert fig["statistics"]["order"] == {"data_order": "shuffled"}
     assert [r["seed"] for r in fig["runs"]] == [0, 1] and fig["statistics"]["test_error"]["n"] == 2
     assert (tmp_path / "lenet-300-100-dns" / "seed1-dns.h5").exists()
     assert main(argv) == 2  # the checkpoints exist now: refused without --force

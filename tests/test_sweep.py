@@ -85,3 +85,34 @@ def test_a_tiny_sweep_gives_the_same_table_on_a_process_pool_and_on_dask(mnist, 
     engine = Counting(1)
     again = _run(engine, tmp_path / "pool", data_dir)
     assert engine.calls == ["run_point"] and again == pool
+
+
+def _rows(sweep, order=None):
+    """Hand-made result rows for every point and seed (the figures do not matter here)."""
+    layers = {"ip1": 0.1, "ip2": 0.1, "ip3": 0.5}
+    out = []
+    for point in sweep.points():
+        for seed in sweep.seeds:
+            row = {"test_error": 0.02 + seed / 100, "validation_error": None, "dense_test_error": 0.02,
+                   "kept_fraction": 0.1, "layers": layers, "seed": seed, "select_on": "test"}
+            out.append((point, seed, row | ({"order": order} if order is not None else {})))
+    return out
+
+
+def test_the_sweep_table_states_the_data_order_or_that_the_grid_varies_it():
+    """Issue 16: data order moves DNS's result, so the sweep table says it: from the sweep's run file
+    (rows written before the order was recorded included), or per point when the grid varies it."""
+    caffe = TINY.replace("test_interval = 0\n[grid]", 'test_interval = 0\ndata_order = "caffe"\n[grid]')
+    s = sw.parse(loads(caffe))
+    result = sw.table(s, _rows(s))
+    assert result["order"] == {"data_order": "caffe", "dense_data_order": "shuffled"}
+    text = sw.format_table(result)
+    assert "data order caffe (the training set in file order" in text
+    assert "the dense phase's: shuffled" in text
+    assert all(p["statistics"]["order"]["data_order"] == "caffe" for p in result["points"])
+
+    s = sw.parse(loads(TINY + '"train.data_order" = ["shuffled", "caffe"]\n'))
+    result = sw.table(s, _rows(s))
+    assert result["order"] is None and "data order and draws: per point (grid)" in sw.format_table(result)
+    orders = [p["statistics"]["order"]["data_order"] for p in result["points"]]
+    assert sorted(set(orders)) == ["caffe", "shuffled"]

@@ -144,3 +144,35 @@ def test_protocol_inputs_and_refusals(tmp_path):
 
     report = testing.check_candidate(DENSE, partial, only=["masks"])
     assert not report.ok and "missing" in report.tensors[0].note
+
+
+def test_the_harness_hands_an_obs_candidate_the_hessian_batch_at_the_prune_step_only():
+    """LeNet-5's OBS golden through the harness: the prune step (1) carries the surgeon's one-image Hessian
+    batch, the others none; a candidate that returns the golden's masks passes on them, one that keeps a
+    pruned weight is caught at the prune step."""
+    obs = GOLDEN_DIR / "lenet-5-obs.h5"
+    with h5py.File(obs) as g:
+        golden_masks = [{f"{n}.{k}": g[f"steps/{t:04d}/masks/{n}/{k}"][()].astype(bool)
+                         for n in g[f"steps/{t:04d}/masks"] for k in g[f"steps/{t:04d}/masks/{n}"]}
+                        for t in range(int(g.attrs["steps"]))]
+    seen = []
+
+    def masks_of_the_golden(flip):
+        def candidate(start):
+            def step(inp):
+                seen.append(inp)
+                m = {k: v.copy() for k, v in golden_masks[inp.step].items()}
+                if flip and inp.step >= 1:
+                    m["ip1.weight"][0, np.flatnonzero(~m["ip1.weight"][0])[0]] = True
+                return {"masks": m}
+
+            return step
+
+        return candidate
+
+    assert testing.check_candidate(obs, masks_of_the_golden(False), only=["masks"]).ok
+    assert [s.hessian is not None for s in seen] == [False, True, False]
+    x, y = seen[1].hessian
+    assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32 and y.shape == (1,)
+    report = testing.check_candidate(obs, masks_of_the_golden(True), only=["masks"])
+    assert report.divergence == (1, "masks/ip1/weight")

@@ -303,7 +303,7 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from refdns.pipeline import pruning_summary, resume
+    from refdns.pipeline import order_info, pruning_summary, resume
 
     check_inputs({"checkpoint": args.checkpoint})
     ck = checkpoint.load(args.checkpoint)
@@ -324,7 +324,7 @@ def cmd_resume(args) -> int:
     summary = None
     if phase.name != "dense":
         summary = pruning_summary(phase.state.spec, phase.state.masks, ck.config.get("dense_test_error", math.nan),
-                                  phase.test_error)
+                                  phase.test_error) | {"order": order_info(ck.config)}
         print(format_table(summary))
     print(f"{phase.state.spec.name}: test error {100 * phase.test_error:.2f}% after {phase.iterations} iterations; "
           f"checkpoint {phase.checkpoint}")

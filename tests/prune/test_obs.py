@@ -180,6 +180,44 @@ def test_layerwise_obs_hits_the_density_and_beats_magnitude(rng, allocation):
         layerwise_obs(W, X, [0.5], allocation="column")
 
 
+@pytest.mark.parametrize("allocation", ["global", "row"])
+@pytest.mark.parametrize(("R", "D", "S"), [(7, 40, 1), (5, 30, 4), (4, 25, 24)])
+def test_low_rank_surgeon_takes_the_dense_surgeons_path(rng, allocation, R, D, S):
+    """With fewer input rows than inputs (S < D) layerwise_obs runs the paths on the factor of H, all rows at
+    once; padding X with zero rows leaves H unchanged but forces the dense D x D downdates: same removals,
+    same weights to rounding."""
+    X = rng.standard_normal((S, D)) * rng.uniform(0.1, 3.0, D)
+    X[:, 2] = 0.0  # a dead input
+    W = rng.standard_normal((R, D))
+    levels = [1.0, 0.8, 0.5, 0.2, 0.0]
+    low = layerwise_obs(W, X, levels, damping=0.01, allocation=allocation)
+    dense = layerwise_obs(W, np.vstack([X, np.zeros((D, D))]), levels, damping=0.01, allocation=allocation)
+    for f in levels:
+        np.testing.assert_array_equal(low[f] != 0, dense[f] != 0)
+        np.testing.assert_allclose(low[f], dense[f], rtol=1e-9, atol=1e-11)
+
+
+def test_low_rank_surgeon_refuses_an_ill_conditioned_hessian(rng):
+    X = rng.standard_normal((1, 30))
+    with pytest.raises(SingularHessianError, match="damping"):
+        layerwise_obs(rng.standard_normal((3, 30)), X, [0.5], damping=1e-12)
+
+
+def test_the_golden_writers_second_look_at_a_prune_reuses_it_only_for_the_same_input(rng):
+    x, y, cfg, state = _tiny_run(rng)
+    m = OBS(OBSConfig(kept_fraction=0.5, hessian="layerwise"), x[:4], y[:4])
+    m.init_state(TINY, state.params)
+    masks = {k: np.ones(v.shape, dtype=bool) for k, v in state.params.items()}
+    a = m._prune(state.params, masks)
+    assert m._prune(state.params, masks) is not None and m._prune(state.params, masks)[0] is a[0]
+    moved = {k: v * np.float32(1.5) for k, v in state.params.items()}
+    b = m._prune(moved, masks)
+    assert b[0] is not a[0]
+    want = obs_prune(TINY, moved, masks, x[:4], y[:4], m.config)[0]
+    for k in want:
+        np.testing.assert_array_equal(b[0][k], want[k])
+
+
 def test_layer_inputs_of_dense_and_conv_layers(rng):
     spec = NetSpec(
         "c",

@@ -598,6 +598,13 @@ def main(argv=None) -> int:
         "implementation, each with its own --out, uses both cores; merge the JSON files afterwards)",
     )
     ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="seeds mode: do not run anything; merge these seeds results into --out (and its .md)",
+    )
+    ap.add_argument(
         "--shim", type=Path, help="seeds mode: srand_shim.c (seeds Caffe's rand() from $DNS_SRAND)"
     )
     ap.add_argument(
@@ -627,6 +634,8 @@ def main(argv=None) -> int:
             out.write_text(json.dumps(chaos(args, spec, layers, x, y, params), indent=1))
         elif args.mode == "speed":
             out.write_text(json.dumps(speed(args, caffe, root, spec, layers, x, y, params), indent=1))
+        elif args.merge:
+            merge_seeds(args.merge, out)
         else:
             seeds(args, caffe, root, spec, layers, x, y, params, out)
         print(f"wrote {out}")
@@ -740,7 +749,45 @@ def render_seeds(res: dict) -> str:
 
         cells = [ms([r["kept"][n] for r in runs]) for n in layers] + [ms([r["test_error"] for r in runs])]
         lines.append(f"| {impl} | {','.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
+    caffe = [r for r in res["runs"] if r["impl"] == "caffe"]
+    others = [i for i in impls if i != "caffe"]
+    if len(caffe) > 1 and others:
+        lines += [
+            "",
+            "Differences of the means from Caffe's, in points, with Welch's t (a |t| above about 2.3 is"
+            " outside the seed spread at these sample sizes):",
+            "",
+            "| | " + " | ".join(f"{n} kept" for n in layers) + " | test error |",
+            "|---|" + "---:|" * (len(layers) + 1),
+        ]
+        for impl in others:
+            runs = [r for r in res["runs"] if r["impl"] == impl]
+            if len(runs) < 2:
+                continue
+            cells = []
+            for get in [lambda r, n=n: r["kept"][n] for n in layers] + [lambda r: r["test_error"]]:
+                a = 100 * np.asarray([get(r) for r in runs])
+                c = 100 * np.asarray([get(r) for r in caffe])
+                se = np.sqrt(a.var(ddof=1) / len(a) + c.var(ddof=1) / len(c))
+                d = a.mean() - c.mean()
+                cells.append(f"{d:+.3f} (t {d / se:+.1f})" if se > 0 else f"{d:+.3f}")
+            lines.append(f"| {impl} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def merge_seeds(paths: list[Path], out: Path) -> dict:
+    """One seeds result from several (one process per implementation): runs concatenated, first wins."""
+    res: dict = {"runs": []}
+    seen = set()
+    for path in paths:
+        for r in json.loads(path.read_text())["runs"]:
+            if (r["impl"], r["seed"]) not in seen:
+                seen.add((r["impl"], r["seed"]))
+                res["runs"].append(r)
+    res["runs"].sort(key=lambda r: (r["seed"], r["impl"]))
+    out.write_text(json.dumps(res, indent=1))
+    out.with_suffix(".md").write_text(render_seeds(res))
+    return res
 
 
 def slim(res: dict) -> dict:

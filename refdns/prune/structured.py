@@ -286,8 +286,8 @@ class StructuredPruning(PruningMethod):
             removed = {n: self.units[n].n_units - kept[n] for n in self.layers}
         new = masks
         for layer, total in removed.items():
-            k = total - (alive[layer].size - int(np.count_nonzero(alive[layer])))
             alive_l = alive[layer]
+            k = total - (alive_l.size - int(np.count_nonzero(alive_l)))
             if k > 0:
                 new = remove_units(new, self.units[layer], lowest_alive(scores[layer], alive_l, k))
         return {k: m.copy() for k, m in new.items()} if new is masks else new

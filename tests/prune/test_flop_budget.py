@@ -106,3 +106,15 @@ def test_flop_budget_only_on_listed_layers_and_bad_budgets_are_refused(rng):
         StructuredConfig(criterion="l1", flops=10, fractions={"ip1": 0.5})
     with pytest.raises(ConfigError, match="flop_layers only"):
         StructuredConfig(criterion="l1", fractions={"ip1": 0.5}, flop_layers=("ip1",))
+
+
+def test_a_run_file_chooses_the_flop_budget():
+    from refdns import runfile
+
+    text = ('net = "lenet-5"\n[method]\nname = "structured"\ncriterion = "l1"\nflops = 1000000\n'
+            'flop_layers = ["conv2", "ip1"]\nsteps = 4\nstep_iterations = 250\n[train]\niterations = 1000\n')
+    exp, _ = runfile.from_dict(runfile.loads(text))
+    assert isinstance(exp.method, StructuredPruning)
+    assert exp.method.config.flops == 1_000_000 and exp.method.config.flop_layers == ("conv2", "ip1")
+    again, _ = runfile.from_dict(runfile.loads(runfile.dumps(runfile.to_dict(exp))))
+    assert again.method.config == exp.method.config

@@ -102,18 +102,21 @@ def group_axes(kind: str, ndim: int) -> tuple[int, ...] | None:
 
 def layer_kinds(spec: NetSpec, cfg: SSLConfig) -> dict[str, tuple[str, ...]]:
     """{layer: group kinds penalised}: the configured kinds with lambda > 0 that the layer has (no filter
-    groups in the output layer, no shape groups in fc layers)."""
+    groups in the output layer, no shape groups in fc layers, no channel groups in a first conv layer: its
+    channels are the image's)."""
     layers = cfg.layers or spec.layer_names
     for layer in layers:
         if layer not in spec.layer_names:
             raise ConfigError(f"ssl: {spec.name} has no layer {layer!r} (its layers: {spec.layer_names})")
     hidden = prunable_layers(spec)
+    image_conv = spec.layers[0].name if len(spec.layers[0].w_shape) == 4 else None
     out = {}
     for op in spec.layers:
         if op.name not in layers:
             continue
         kinds = tuple(k for k in GROUP_KINDS if cfg.strength(k) > 0
-                      and group_axes(k, len(op.w_shape)) is not None and (k != "filter" or op.name in hidden))
+                      and group_axes(k, len(op.w_shape)) is not None and (k != "filter" or op.name in hidden)
+                      and (k != "channel" or op.name != image_conv))
         if kinds:
             out[op.name] = kinds
     if not out:

@@ -27,7 +27,7 @@ ALL3 = SSLConfig(lambda_filter=0.7, lambda_channel=1.3, lambda_shape=2.0)
 def test_penalty_gradient_matches_central_differences_in_float64(rng):
     params = init_params(TINY_CONV, rng=rng, dtype=np.float64)
     kinds = layer_kinds(TINY_CONV, ALL3)
-    assert kinds == {"c1": ("filter", "channel", "shape"), "c2": ("filter", "channel", "shape"),
+    assert kinds == {"c1": ("filter", "shape"), "c2": ("filter", "channel", "shape"),  # c1 reads the image
                      "d1": ("filter", "channel"), "d2": ("channel",)}  # d2's rows are the classes
     w = {k: v for k, v in params.items() if k.endswith("weight")}
     grads = penalty_grads(w, kinds, ALL3)

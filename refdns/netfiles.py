@@ -117,7 +117,7 @@ def decompress_to_checkpoint(path: str | Path, out: str | Path) -> RunState:
 
 
 def thin_checkpoint(path: str | Path, out: str | Path) -> tuple[RunState, ThinReport]:
-    """Cut the fully pruned filters and neurons out of a checkpoint's net and write the smaller net to ``out``.
+    """Cut the fully pruned filters and neurons out of a checkpoint's net; write the smaller net to ``out``.
 
     The new checkpoint holds the thinned net (its layer shapes in the ``spec`` attribute, so every command
     that reads a checkpoint loads it), the effective weights ``w * mask`` of what remains and their masks, and

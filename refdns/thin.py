@@ -152,8 +152,8 @@ def thin_masked(
         wk, bk = weight_key(op.name), bias_key(op.name)
         out_idx = keep.get(op.name, np.arange(op.w_shape[0]))
         cols = in_keep.get(op.name, slice(None))
-        for key, arrays in ((wk, (params[wk] * masks[wk], masks[wk])), (bk, (params[bk] * masks[bk], masks[bk]))):
-            p, m = (a[out_idx] for a in arrays)
+        for key in (wk, bk):
+            p, m = (params[key] * masks[key])[out_idx], masks[key][out_idx]
             if key == wk:
                 p, m = p[:, cols], m[:, cols]
             new_params[key], new_masks[key] = np.ascontiguousarray(p), np.ascontiguousarray(m)

@@ -9,9 +9,9 @@ import pytest
 
 from refdns import checkpoint
 from refdns.errors import CheckpointError
+from refdns.netfiles import load_net, thin_checkpoint
 from refdns.nets import get_spec, resolve_spec, spec_from_record, spec_record, spec_with_shapes
 from refdns.nets.sequential import forward, predict
-from refdns.netfiles import load_net, thin_checkpoint
 from refdns.pipeline import Data, run_training
 from refdns.prune.base import all_ones_masks
 from refdns.prune.structured import StructuredConfig, StructuredPruning
@@ -89,8 +89,11 @@ def test_a_schema_3_file_without_its_spec_is_refused(tmp_path):
 )
 def test_a_spec_that_is_not_a_member_of_its_family_is_refused(edit, message):
     base = get_spec("lenet-300-100")
-    small = spec_with_shapes("lenet-300-100", "lenet-300-100-thin-200-100",
-                             {"ip1": ((200, 784), (200,)), "ip2": ((100, 200), (100,)), "ip3": ((10, 100), (10,))})
+    small = spec_with_shapes(
+        "lenet-300-100",
+        "lenet-300-100-thin-200-100",
+        {"ip1": ((200, 784), (200,)), "ip2": ((100, 200), (100,)), "ip3": ((10, 100), (10,))},
+    )
     record = spec_record(small)
     assert spec_from_record(record) == small and spec_from_record(spec_record(base)) is not None
     edit(record)
@@ -117,10 +120,20 @@ def test_thinned_checkpoint_predicts_like_its_source_on_the_whole_test_set(mnist
     data = Data(x_train[:2000], y_train[:2000], x_test[:100], y_test[:100])
     dense, _ = run_training(spec, data, TrainConfig(iterations=60, test_interval=10**6), seed=1)
     third = {"conv1": 0.35, "conv2": 0.35, "ip1": 0.35}
-    method = StructuredPruning(StructuredConfig(criterion="taylor", fractions=third, steps=2, step_iterations=10,
-                                                samples=200), x_train[:2000], y_train[:2000])
-    state, _ = run_training(spec, data, TrainConfig(iterations=20, test_interval=10**6), seed=1,
-                            method=method, params=dense.params, masks=dense.masks)
+    method = StructuredPruning(
+        StructuredConfig(criterion="taylor", fractions=third, steps=2, step_iterations=10, samples=200),
+        x_train[:2000],
+        y_train[:2000],
+    )
+    state, _ = run_training(
+        spec,
+        data,
+        TrainConfig(iterations=20, test_interval=10**6),
+        seed=1,
+        method=method,
+        params=dense.params,
+        masks=dense.masks,
+    )
     src = checkpoint.save(tmp_path / "pruned.h5", state, method="structured")
     small_state, report = thin_checkpoint(src, tmp_path / "small.h5")
     assert report.changed and [r.units_after for r in report.layers] == [13, 33, 325, 10]
@@ -130,8 +143,10 @@ def test_thinned_checkpoint_predicts_like_its_source_on_the_whole_test_set(mnist
     small_eff = effective_params(small.params, small.masks)
     assert np.array_equal(predict(small.spec, small_eff, x_test), predict(spec, eff, x_test))
     for s in range(0, len(x_test), 2500):
-        assert_close(forward(small.spec, small_eff, x_test[s : s + 2500])[0],
-                     forward(spec, eff, x_test[s : s + 2500])[0])
+        assert_close(
+            forward(small.spec, small_eff, x_test[s : s + 2500])[0],
+            forward(spec, eff, x_test[s : s + 2500])[0],
+        )
     # thinning it again finds nothing more to cut and says so
     again, report2 = thin_checkpoint(tmp_path / "small.h5", tmp_path / "again.h5")
     assert not report2.changed and "unchanged" in report2.message

@@ -1,5 +1,6 @@
-"""`refdns thin` as a user runs it: the thinned checkpoint is read by infer (dense and sparse), eval, export and
-compress like any other, predicts exactly what its source predicts, and bad requests exit 2 before work."""
+"""`refdns thin` as a user runs it: the thinned checkpoint is read by infer (dense and sparse), eval, export
+and compress like any other, predicts exactly what its source predicts, and bad requests exit 2
+before work."""
 
 import json
 

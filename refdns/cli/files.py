@@ -113,13 +113,15 @@ def cmd_thin(args) -> int:
     print("| layer | units before | units after | parameters before | parameters after |")
     print("|---|---:|---:|---:|---:|")
     for r in report.layers:
-        print(f"| {r.layer} | {r.units_before:,} | {r.units_after:,} | {r.params_before:,} | {r.params_after:,} |")
+        print(f"| {r.layer} | {r.units_before:,} | {r.units_after:,} | {r.params_before:,} "
+              f"| {r.params_after:,} |")
     print(f"{args.out}: {report.message}" + ("" if report.changed else " (written as it was)"))
     if args.json:
-        write_json(args.json, {"checkpoint": str(args.checkpoint), "out": str(args.out), "changed": report.changed,
-                               "net": report.net, "thinned_net": report.thinned_net,
+        write_json(args.json, {"checkpoint": str(args.checkpoint), "out": str(args.out),
+                               "changed": report.changed, "net": report.net, "thinned_net": report.thinned_net,
                                "params_before": report.params_before, "params_after": report.params_after,
-                               "layers": [dataclasses.asdict(r) for r in report.layers], "message": report.message})
+                               "layers": [dataclasses.asdict(r) for r in report.layers],
+                               "message": report.message})
     return 0
 
 
@@ -159,8 +161,9 @@ def add_commands(command, nets) -> None:
     p.add_argument("rdc", help=".rdc file written by refdns compress")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="checkpoint to write")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
-    p = command("thin", cmd_thin, "cut fully pruned filters and neurons (and the inputs reading them) out of a "
-                "checkpoint: a smaller dense net with the same predictions, loadable by every command")
+    p = command("thin", cmd_thin, "cut fully pruned filters and neurons (and the inputs reading them) out "
+                "of a checkpoint: a smaller dense net with the same predictions, loadable by every command")
     p.add_argument("checkpoint", help="HDF5 checkpoint, usually of a structured pruning run")
-    p.add_argument("-o", "--out", required=True, metavar="FILE", help="checkpoint of the thinned net to write")
+    p.add_argument("-o", "--out", required=True, metavar="FILE",
+                   help="checkpoint of the thinned net to write")
     _output_args(p, json_help="also write the per-layer units and parameters as JSON")

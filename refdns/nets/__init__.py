@@ -1,8 +1,8 @@
 """Network architectures, one file each, sharing the engine in :mod:`refdns.nets.sequential` and the op table
 in :mod:`refdns.nets.ops`.
 
-A *family* is one of the known nets (:data:`NETS`); a member of it has the same ops, names and geometry and may
-have fewer units per hidden layer (a thinned net, :mod:`refdns.thin`). :func:`spec_record` and
+A *family* is one of the known nets (:data:`NETS`); a member of it has the same ops, names and geometry and
+may have fewer units per hidden layer (a thinned net, :mod:`refdns.thin`). :func:`spec_record` and
 :func:`spec_from_record` turn a member into the JSON-ready record checkpoints store (data/SCHEMA.md) and back.
 """
 
@@ -36,11 +36,13 @@ def get_spec(name: str) -> NetSpec:
 
 def family_of(spec: NetSpec) -> str:
     """The known net ``spec`` is a member of: same ops, layer names and geometry; unit counts may differ."""
+    def bare(op: Op) -> Op:
+        return dataclasses.replace(op, w_shape=(), b_shape=())
+
     for name, base in NETS.items():
-        if len(base.ops) == len(spec.ops) and base.input_shape == spec.input_shape and \
-                base.n_classes == spec.n_classes and all(
-                    dataclasses.replace(a, w_shape=(), b_shape=()) == dataclasses.replace(b, w_shape=(), b_shape=())
-                    for a, b in zip(base.ops, spec.ops, strict=True)):
+        same_io = base.input_shape == spec.input_shape and base.n_classes == spec.n_classes
+        if same_io and len(base.ops) == len(spec.ops) and all(
+                bare(a) == bare(b) for a, b in zip(base.ops, spec.ops, strict=True)):
             return name
     raise ValueError(f"net {spec.name!r} is not a member of a known family ({sorted(NETS)})")
 
@@ -51,7 +53,10 @@ def spec_record(spec: NetSpec) -> dict:
             "layers": {op.name: {"weight": list(op.w_shape), "bias": list(op.b_shape)} for op in spec.layers}}
 
 
-def spec_with_shapes(family: str, name: str, shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> NetSpec:
+Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # {layer: (weight shape, bias shape)}
+
+
+def spec_with_shapes(family: str, name: str, shapes: Shapes) -> NetSpec:
     """A member of ``family`` named ``name`` whose layers have ``shapes`` ({layer: (w_shape, b_shape)}).
 
     Raises ValueError naming the layer when the shapes are not a net of that family: a missing or extra layer,
@@ -73,7 +78,8 @@ def spec_with_shapes(family: str, name: str, shapes: dict[str, tuple[tuple[int, 
             raise ValueError(f"{name}: layer {op.name} weight shape {w} is not a {family} {op.kind} "
                              f"(like {op.w_shape}, fewer units allowed)")
         if min(w) < 1 or b != (w[0],):
-            raise ValueError(f"{name}: layer {op.name} has weight {w} and bias {b}: need >= 1 unit, bias (F,)")
+            raise ValueError(f"{name}: layer {op.name} has weight {w} and bias {b}: need >= 1 unit, "
+                             "bias (F,)")
         ops.append(dataclasses.replace(op, w_shape=w, b_shape=b))
     spec = NetSpec(name, base.input_shape, base.n_classes, tuple(ops))
     last = spec.layers[-1]
@@ -103,7 +109,7 @@ def spec_from_record(record: dict) -> NetSpec:
     return spec
 
 
-def resolve_spec(name: str, shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> NetSpec:
+def resolve_spec(name: str, shapes: Shapes) -> NetSpec:
     """A net by name and layer shapes: a known net, or a member named ``<family>-...`` (a thinned one)."""
     if name in NETS:
         spec = NETS[name]

@@ -24,7 +24,8 @@ def _output_hw(spec: NetSpec) -> dict[str, tuple[int, ...]]:
     """Per parametric layer: its output's per-image shape (one forward of a zero image)."""
     params = {k: np.zeros(s, dtype=np.float32) for k, s in spec.param_shapes().items()}
     _, cache = forward(spec, params, np.zeros((1, *spec.input_shape), np.float32), keep_outputs=True)
-    return {op.name: cache.outputs[i].shape[1:] for i, op in enumerate(spec.ops) if op.name in spec.layer_names}
+    names = spec.layer_names
+    return {op.name: cache.outputs[i].shape[1:] for i, op in enumerate(spec.ops) if op.name in names}
 
 
 def layer_flops(spec: NetSpec, units: dict[str, int] | None = None) -> dict[str, int]:

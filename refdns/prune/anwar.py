@@ -1,5 +1,5 @@
-"""Anwar, Hwang, Sung, "Structured Pruning of Deep Convolutional Neural Networks" (ACM JETC 13(3), 2017): three
-granularities of conv-layer sparsity, each candidate judged by what removing it does to the net.
+"""Anwar, Hwang, Sung, "Structured Pruning of Deep Convolutional Neural Networks" (ACM JETC 13(3), 2017):
+three granularities of conv-layer sparsity, each candidate judged by what removing it does to the net.
 
 For a conv weight W of shape (F, C, K, K) (Anwar et al. Sec. 3):
 
@@ -7,8 +7,8 @@ For a conv weight W of shape (F, C, K, K) (Anwar et al. Sec. 3):
   filter c is then read by nothing and :func:`refdns.thin.thin` cuts it out (a real speed-up);
 * **kernel-wise**: one K x K kernel goes, ``W[f, c, :, :] = 0`` (the connection from map c to map f);
 * **intra-kernel strided**: every kernel of the layer keeps the same strided set of taps, flat position
-  ``p = i K + j`` kept iff ``p mod s == o`` (stride ``s``, offset ``o``), so a lowered convolution multiplies by
-  a matrix with ``1/s`` of its rows.
+  ``p = i K + j`` kept iff ``p mod s == o`` (stride ``s``, offset ``o``), so a lowered convolution
+  multiplies by a matrix with ``1/s`` of its rows.
 
 Their selection (Sec. 4): candidate pruning patterns are scored by the network's misclassification rate on a
 validation set and searched with a particle filter. refdns scores a candidate by the **mean cross-entropy loss
@@ -24,7 +24,7 @@ Layers are searched in net order, each on the net with the earlier layers' remov
 once (at ``at_iteration``) and pruned weights then stay at exactly 0 during retraining, as in the paper
 (prune, then fine-tune).
 
-    # choose  argmin_{candidate}  L(W * (T and not candidate); x, y)      L the mean cross-entropy on the batch
+    # choose  argmin_{candidate}  L(W * (T and not candidate); x, y)    L: mean cross-entropy on the batch
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ class AnwarConfig:
     """Anwar et al.'s structured pruning of conv layers.
 
     ``granularity``: one of :data:`GRANULARITIES`. ``fractions`` ({conv layer: fraction of its channels or
-    kernels removed, in [0, 1)}) for channel and kernel; ``strides`` ({conv layer: s >= 2}, the layer keeps 1 in
-    s taps) for intra. ``per_round``: candidates removed per greedy round; ``samples``: images of the batch the
-    loss is measured on; ``at_iteration``: when the one prune happens.
+    kernels removed, in [0, 1)}) for channel and kernel; ``strides`` ({conv layer: s >= 2}, the layer keeps
+    1 in s taps) for intra. ``per_round``: candidates removed per greedy round; ``samples``: images of the
+    batch the loss is measured on; ``at_iteration``: when the one prune happens.
     """
 
     granularity: str
@@ -76,7 +76,8 @@ class AnwarConfig:
             object.__setattr__(self, "strides", {str(k): int(v) for k, v in self.strides.items()})
         else:
             if self.fractions is None or self.strides is not None:
-                raise ConfigError(f"granularity {self.granularity!r} takes fractions={{layer: f}}, not strides")
+                raise ConfigError(f"granularity {self.granularity!r} takes fractions={{layer: f}}, "
+                                  "not strides")
             if not isinstance(self.fractions, dict) or not self.fractions:
                 raise ConfigError(f"fractions must be a non-empty dict {{layer: f}}, got {self.fractions!r}")
             for layer, f in self.fractions.items():
@@ -106,7 +107,7 @@ def candidate_masks(w_shape: tuple[int, ...], granularity: str) -> tuple[int, An
 
 
 def strided_pattern(k: int, stride: int, offset: int) -> np.ndarray:
-    """bool (K, K): the taps a kernel keeps, flat position ``p = i K + j`` kept iff ``p mod stride == offset``."""
+    """bool (K, K): the taps a kernel keeps, flat ``p = i K + j`` kept iff ``p mod stride == offset``."""
     return (np.arange(k * k) % stride == offset).reshape(k, k)
 
 
@@ -166,11 +167,12 @@ def greedy_layer(spec, params, masks, layer: str, granularity: str, k: int, per_
 
 
 def exhaustive_intra(spec, params, masks, layer: str, stride: int, x, y) -> tuple[dict[str, np.ndarray], int]:
-    """The offset of least loss for ``layer``'s strided pattern (every offset tried); returns new masks, offset."""
+    """The offset of least loss for ``layer``'s strided pattern (every offset tried): (new masks, offset)."""
     wk = weight_key(layer)
     kh, kw = masks[wk].shape[2:]
     if kh != kw:
-        raise ConfigError(f"anwar: layer {layer!r} has a {kh}x{kw} kernel; strided patterns need a square one")
+        raise ConfigError(f"anwar: layer {layer!r} has a {kh}x{kw} kernel; strided patterns need a "
+                          "square one")
     best = None
     for o in range(stride):
         trial = masks[wk] & strided_pattern(kh, stride, o)

@@ -1,5 +1,5 @@
-"""Structured Sparsity Learning (Wen, Wu, Wang, Chen, Li, "Learning Structured Sparsity in Deep Neural Networks",
-NIPS 2016).
+"""Structured Sparsity Learning (Wen, Wu, Wang, Chen, Li, "Learning Structured Sparsity in Deep Neural
+Networks", NIPS 2016).
 
 Training minimises the data loss plus group-lasso penalties on groups of weights (Wen et al. eq. (1)):
 
@@ -12,23 +12,25 @@ weight W^(l) of shape (N_l, C_l, M_l, K_l) (eqs. (2) and (3)):
     # channel-wise: lambda_c sum_{c_l} ||W^(l)_{:,c_l,:,:}||_2      (removes input channel c_l)
     # shape-wise:   lambda_s sum_{c_l,m_l,k_l} ||W^(l)_{:,c_l,m_l,k_l}||_2   (one tap of every filter)
 
-and, for a fully connected weight (M, D), refdns's fc reading: filter-wise are rows W[n, :] (an output neuron),
-channel-wise are columns W[:, d] (an input neuron: Wen et al.'s neuron-wise sparsity of the MLP, Sec. 4.1, which
-removes input pixels and hidden neurons). The output layer's rows are the classes and are never grouped.
+and, for a fully connected weight (M, D), refdns's fc reading: filter-wise are rows W[n, :] (an output
+neuron), channel-wise are columns W[:, d] (an input neuron: Wen et al.'s neuron-wise sparsity of the MLP,
+Sec. 4.1, which removes input pixels and hidden neurons). The output layer's rows are the classes and are
+never grouped; neither are the channels of a first conv layer (the image's).
 
-**Gradient** (hand-written, :func:`penalty_grads`, gradient-checked in float64): ``d||w_g||/dw = w_g / ||w_g||``
-for ``||w_g|| > 0``; at ``||w_g|| = 0`` the norm is not differentiable and refdns takes 0 (the least-norm
-subgradient, so a group at exactly zero stays there). A weight in several groups gets the sum. The penalty reads
-the effective weights ``W * mask``.
+**Gradient** (hand-written, :func:`penalty_grads`, gradient-checked in float64):
+``d||w_g||/dw = w_g / ||w_g||`` for ``||w_g|| > 0``; at ``||w_g|| = 0`` the norm is not differentiable and
+refdns takes 0 (the least-norm subgradient, so a group at exactly zero stays there). A weight in several
+groups gets the sum. The penalty reads the effective weights ``W * mask``.
 
-**Removal.** Every ``prune_interval`` iterations of the penalised phase, and at its end, every group whose l2 norm
-is below ``threshold`` is masked (then held at zero: ``grad_through_mask = False``). A removed filter (row) takes
-its unit whole (:func:`refdns.prune.units.remove_units`: bias and the next layer's inputs too), so
-:func:`refdns.thin.thin` can cut it out. Its output was the constant ``act(b_n)`` (its weights are ~0), which the
-next layer reads as a constant: refdns adds that constant's contribution to the next layer's bias before removing
-the unit, so removal changes the net's output only by the sub-threshold weights themselves (ReLU, max-pool and
-flatten between the layers map a constant map to a constant map). After ``iterations`` the penalty stops and the
-net fine-tunes ``finetune_iterations`` with the groups masked (Wen et al.'s last step).
+**Removal.** Every ``prune_interval`` iterations of the penalised phase, and at its end, every group whose
+l2 norm is below ``threshold`` is masked (then held at zero: ``grad_through_mask = False``). A removed filter
+(row) takes its unit whole (:func:`refdns.prune.units.remove_units`: bias and the next layer's inputs too),
+so :func:`refdns.thin.thin` can cut it out. Its output was the constant ``act(b_n)`` (its weights are ~0),
+which the next layer reads as a constant: refdns adds that constant's contribution to the next layer's bias
+before removing the unit, so removal changes the net's output only by the sub-threshold weights themselves
+(ReLU, max-pool and flatten between the layers map a constant map to a constant map). After ``iterations``
+the penalty stops and the net fine-tunes ``finetune_iterations`` with the groups masked (Wen et al.'s last
+step).
 """
 
 from __future__ import annotations
@@ -55,10 +57,10 @@ class SSLConfig:
     """Structured Sparsity Learning.
 
     ``lambda_filter``, ``lambda_channel``, ``lambda_shape``: the group-lasso strengths lambda_n, lambda_c,
-    lambda_s (0 turns a kind off; shape-wise applies to conv layers only). ``threshold``: a group whose l2 norm is
-    below it is removed. ``iterations``: penalised training; ``prune_interval``: iterations between removals
-    during it; ``finetune_iterations``: training after, penalty off, groups masked. ``layers``: the layers
-    penalised (default every layer).
+    lambda_s (0 turns a kind off; shape-wise applies to conv layers only). ``threshold``: a group whose l2
+    norm is below it is removed. ``iterations``: penalised training; ``prune_interval``: iterations
+    between removals during it; ``finetune_iterations``: training after, penalty off, groups masked.
+    ``layers``: the layers penalised (default every layer).
     """
 
     lambda_filter: float = 0.0
@@ -223,10 +225,11 @@ def remove_small_groups(spec: NetSpec, params: dict[str, np.ndarray], masks: dic
             b = params[bias_key(layer)] * new[bias_key(layer)]
             const = np.maximum(b, 0) if _between_relu(spec, layer, u.next_layer) else b  # the unit's output
             nw = params[weight_key(u.next_layer)] * new[weight_key(u.next_layer)]
+            nb = params[bias_key(u.next_layer)]
             for j in drop:
                 cols = nw[:, int(j)] if u.next_is_conv else nw[:, u.next_columns(int(j))]
                 reads = cols.reshape(cols.shape[0], -1).sum(axis=1)  # next layer's weight on a constant map
-                params[bias_key(u.next_layer)] += (reads * const[j]).astype(params[bias_key(u.next_layer)].dtype)
+                nb += (reads * const[j]).astype(nb.dtype)  # in place: params' own array
             new = remove_units(new, u, drop)
     return new
 

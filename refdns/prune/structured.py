@@ -7,7 +7,9 @@ l1-norm, Taylor), remove the lowest-scored ones, fine-tune, repeat. Step r (1-ba
     # removed_l(r) = round(target_l * r / R)     target_l = round(fraction_l * F_l), or a given count
 
 removed units, the new ones being the alive units of lowest score, all layers scored on one batch of the
-current (masked) net.
+current (masked) net. A removed unit is masked whole (:func:`refdns.prune.units.remove_units`: its weights,
+its bias and the next layer's inputs that read it), so it stays exactly zero (``grad_through_mask = False``)
+and :func:`refdns.thin.thin` can cut it out of the net. The output layer's units are never removed.
 
 With a FLOP budget instead (``flops``: the FLOPs of one image's forward pass through the conv and fc layers,
 Molchanov et al.'s count, :mod:`refdns.nets.flops`), step r aims at
@@ -17,9 +19,7 @@ Molchanov et al.'s count, :mod:`refdns.nets.flops`), step r aims at
 by removing the same fraction f of each listed layer's units (the smallest f that meets the aim, every layer
 keeping at least one unit; within a layer the lowest-scored units go). A uniform fraction needs no comparison
 of scores across layers, which most criteria do not support (l1 norms and activations have per-layer scales);
-refdns's choice, not Molchanov et al.'s one-unit-at-a-time global ranking of l2-normalised Taylor scores. A removed unit is masked whole (:func:`refdns.prune.units.remove_units`: its weights,
-its bias and the next layer's inputs that read it), so it stays exactly zero (``grad_through_mask = False``)
-and :func:`refdns.thin.thin` can cut it out of the net. The output layer's units are never removed.
+refdns's choice, not Molchanov et al.'s one-unit-at-a-time global ranking of l2-normalised Taylor scores.
 
 The activation criteria need data: construct the method with ``x, y`` (a training batch pool; each step
 draws ``samples`` of them with the run's mask stream). ``random`` and ``l1`` need none.
@@ -77,8 +77,8 @@ class StructuredConfig:
         if self.criterion not in CRITERIA:
             raise ConfigError(f"criterion={self.criterion!r} must be one of {CRITERIA}")
         if sum(v is not None for v in (self.fractions, self.counts, self.flops)) != 1:
-            raise ConfigError("give exactly one of fractions={layer: fraction removed}, counts={layer: units} "
-                              "or flops=<FLOP budget>")
+            raise ConfigError("give exactly one of fractions={layer: fraction removed}, "
+                              "counts={layer: units} or flops=<FLOP budget>")
         if self.flop_layers is not None:
             if self.flops is None:
                 raise ConfigError("flop_layers only goes with flops")

@@ -54,10 +54,18 @@ def _brute_force_greedy(params, masks, layer, region, n, k, x, y):
     return removed, m
 
 
-@pytest.mark.parametrize(("granularity", "fraction", "n", "region"), [
-    ("channel", 0.5, 3, lambda i: (slice(None), i)),  # c2 reads 3 channels: round(1.5) -> 2 kept, 1 removed
-    ("kernel", 0.25, 12, lambda i: (i // 3, i % 3)),  # c2 has 4 x 3 kernels: 3 removed
-])
+@pytest.mark.parametrize(
+    ("granularity", "fraction", "n", "region"),
+    [
+        (
+            "channel",
+            0.5,
+            3,
+            lambda i: (slice(None), i),
+        ),  # c2 reads 3 channels: round(1.5) -> 2 kept, 1 removed
+        ("kernel", 0.25, 12, lambda i: (i // 3, i % 3)),  # c2 has 4 x 3 kernels: 3 removed
+    ],
+)
 def test_greedy_equals_a_brute_force_search(rng, granularity, fraction, n, region):
     params, x, y = _net(rng)
     masks = all_ones_masks(params)
@@ -113,7 +121,10 @@ def test_refusals_name_the_layer():
     for cfg, msg in (
         (dict(granularity="channel", fractions={"d1": 0.5}), "layer 'd1' is fully connected"),
         (dict(granularity="channel", fractions={"c9": 0.5}), "no layer 'c9'"),
-        (dict(granularity="channel", fractions={"c1": 0.6}), "every channel of layer 'c1'"),  # c1 reads 1 channel
+        (
+            dict(granularity="channel", fractions={"c1": 0.6}),
+            "every channel of layer 'c1'",
+        ),  # c1 reads 1 channel
         (dict(granularity="kernel", fractions={"c2": 0.99}), "every kernel of layer 'c2'"),
         (dict(granularity="intra", strides={"c2": 4}), "strides\\['c2'\\]=4"),
     ):
@@ -154,9 +165,21 @@ def test_on_mnist_greedy_channels_beat_random_ones_and_retraining_keeps_them(mni
         m["conv2.weight"][:, rng.choice(20, 10, replace=False)] = False
         randoms.append(batch_loss(spec, dense.params, m, x, y))
     assert greedy < np.median(randoms), (greedy, randoms)
-    method = AnwarPruning(AnwarConfig(granularity="channel", fractions={"conv2": 0.5}, per_round=5, samples=128),
-                          x_train[:2000], y_train[:2000])
-    state, _ = run_training(spec, data, TrainConfig(iterations=10, test_interval=10**6), seed=0, method=method,
-                            params=dense.params, masks=dense.masks)
-    assert (~state.masks["conv2.weight"].any(axis=(0, 2, 3))).sum() == 10  # still 10 channels out after training
+    method = AnwarPruning(
+        AnwarConfig(granularity="channel", fractions={"conv2": 0.5}, per_round=5, samples=128),
+        x_train[:2000],
+        y_train[:2000],
+    )
+    state, _ = run_training(
+        spec,
+        data,
+        TrainConfig(iterations=10, test_interval=10**6),
+        seed=0,
+        method=method,
+        params=dense.params,
+        masks=dense.masks,
+    )
+    assert (
+        ~state.masks["conv2.weight"].any(axis=(0, 2, 3))
+    ).sum() == 10  # still 10 channels out after training
     assert (state.params["conv2.weight"][~state.masks["conv2.weight"]] == 0).all()

@@ -31,8 +31,12 @@ def test_lenet300_flops_by_hand():
 def test_fewer_units_shrink_the_next_layers_inputs_by_hand():
     # conv2 keeps 25 of 50 filters, reading 10 of conv1's 20; ip1 reads 25 * 16 = 400 inputs
     got = layer_flops(get_spec("lenet-5"), {"conv1": 10, "conv2": 25, "ip1": 250})
-    assert got == {"conv1": 2 * 576 * 26 * 10, "conv2": 2 * 64 * (10 * 25 + 1) * 25,
-                   "ip1": (2 * 400 - 1) * 250, "ip2": (2 * 250 - 1) * 10}
+    assert got == {
+        "conv1": 2 * 576 * 26 * 10,
+        "conv2": 2 * 64 * (10 * 25 + 1) * 25,
+        "ip1": (2 * 400 - 1) * 250,
+        "ip2": (2 * 250 - 1) * 10,
+    }
 
 
 def test_the_count_of_kept_units_equals_the_count_of_the_thinned_net(rng):
@@ -59,9 +63,12 @@ def test_flop_step_removes_the_least_uniform_fraction_that_meets_the_aim():
     # one unit fewer removed from either layer would miss the aim or break uniformity: check the count of a
     # slightly smaller fraction misses
     f = 1 - kept["ip1"] / 300
-    looser = {"ip1": 300 - int(np.floor((f - 0.004) * 300 + 0.5)), "ip2": 100 - int(np.floor((f - 0.004) * 100 + 0.5))}
+    looser = {
+        "ip1": 300 - int(np.floor((f - 0.004) * 300 + 0.5)),
+        "ip2": 100 - int(np.floor((f - 0.004) * 100 + 0.5)),
+    }
     assert net_flops(spec, looser) > aim
-    assert flop_step_removals(spec, alive, ("ip1", "ip2"), 10 ** 9) == alive  # already met: nothing goes
+    assert flop_step_removals(spec, alive, ("ip1", "ip2"), 10**9) == alive  # already met: nothing goes
 
 
 @pytest.mark.parametrize("criterion", ["l1", "random"])
@@ -70,7 +77,9 @@ def test_structured_pruning_to_a_flop_budget_meets_it_in_steps(rng, criterion):
     params = init_params(spec, rng=rng)
     masks = all_ones_masks(params)
     budget = 1_000_000
-    method = StructuredPruning(StructuredConfig(criterion=criterion, flops=budget, steps=3, step_iterations=1))
+    method = StructuredPruning(
+        StructuredConfig(criterion=criterion, flops=budget, steps=3, step_iterations=1)
+    )
     state = method.init_state(spec, params)
     history = []
     for it in range(3):
@@ -89,16 +98,18 @@ def test_flop_budget_only_on_listed_layers_and_bad_budgets_are_refused(rng):
     spec = get_spec("lenet-5")
     params = init_params(spec, rng=rng)
     masks = all_ones_masks(params)
-    method = StructuredPruning(StructuredConfig(criterion="l1", flops=3_000_000, flop_layers=("conv2",), steps=1))
+    method = StructuredPruning(
+        StructuredConfig(criterion="l1", flops=3_000_000, flop_layers=("conv2",), steps=1)
+    )
     state = method.init_state(spec, params)
     method.update_masks(0, params, masks, state, rng)
     assert alive_units(masks, "conv1").all() and alive_units(masks, "ip1").all()
     assert not alive_units(masks, "conv2").all() and method.flops(masks) <= 3_000_000
     for cfg, msg in (
-        (dict(flops=10 ** 8), "not below"),
+        (dict(flops=10**8), "not below"),
         (dict(flops=1_000), "cannot be met"),
-        (dict(flops=10 ** 6, flop_layers=("ip2",)), "output layer"),
-        (dict(flops=10 ** 6, flop_layers=("conv7",)), "no layer 'conv7'"),
+        (dict(flops=10**6, flop_layers=("ip2",)), "output layer"),
+        (dict(flops=10**6, flop_layers=("conv7",)), "no layer 'conv7'"),
     ):
         with pytest.raises(ConfigError, match=msg):
             StructuredPruning(StructuredConfig(criterion="l1", **cfg)).init_state(spec, params)
@@ -111,8 +122,10 @@ def test_flop_budget_only_on_listed_layers_and_bad_budgets_are_refused(rng):
 def test_a_run_file_chooses_the_flop_budget():
     from refdns import runfile
 
-    text = ('net = "lenet-5"\n[method]\nname = "structured"\ncriterion = "l1"\nflops = 1000000\n'
-            'flop_layers = ["conv2", "ip1"]\nsteps = 4\nstep_iterations = 250\n[train]\niterations = 1000\n')
+    text = (
+        'net = "lenet-5"\n[method]\nname = "structured"\ncriterion = "l1"\nflops = 1000000\n'
+        'flop_layers = ["conv2", "ip1"]\nsteps = 4\nstep_iterations = 250\n[train]\niterations = 1000\n'
+    )
     exp, _ = runfile.from_dict(runfile.loads(text))
     assert isinstance(exp.method, StructuredPruning)
     assert exp.method.config.flops == 1_000_000 and exp.method.config.flop_layers == ("conv2", "ip1")

@@ -1,5 +1,5 @@
-"""Structured Sparsity Learning: the group-lasso penalty's hand-written gradient against central differences in
-float64 and a hand computation; removal of small groups keeps the net's function (the removed filter's
+"""Structured Sparsity Learning: the group-lasso penalty's hand-written gradient against central differences
+in float64 and a hand computation; removal of small groups keeps the net's function (the removed filter's
 constant output folded into the next bias); the training loop adds the penalty only in its phase; a short real
 run removes neurons that thinning then cuts out."""
 
@@ -12,7 +12,15 @@ from refdns.nets.sequential import forward, init_params, loss_and_grads
 from refdns.optim import SGDConfig
 from refdns.pipeline import Data, experiment, run_training
 from refdns.prune.base import all_ones_masks, methods, reproducible_methods
-from refdns.prune.ssl import SSL, SSLConfig, group_norms, layer_kinds, penalty, penalty_grads, remove_small_groups
+from refdns.prune.ssl import (
+    SSL,
+    SSLConfig,
+    group_norms,
+    layer_kinds,
+    penalty,
+    penalty_grads,
+    remove_small_groups,
+)
 from refdns.prune.units import alive_units, effective_params
 from refdns.run import TrainConfig, new_run
 from refdns.thin import thin
@@ -27,8 +35,12 @@ ALL3 = SSLConfig(lambda_filter=0.7, lambda_channel=1.3, lambda_shape=2.0)
 def test_penalty_gradient_matches_central_differences_in_float64(rng):
     params = init_params(TINY_CONV, rng=rng, dtype=np.float64)
     kinds = layer_kinds(TINY_CONV, ALL3)
-    assert kinds == {"c1": ("filter", "shape"), "c2": ("filter", "channel", "shape"),  # c1 reads the image
-                     "d1": ("filter", "channel"), "d2": ("channel",)}  # d2's rows are the classes
+    assert kinds == {
+        "c1": ("filter", "shape"),
+        "c2": ("filter", "channel", "shape"),  # c1 reads the image
+        "d1": ("filter", "channel"),
+        "d2": ("channel",),
+    }  # d2's rows are the classes
     w = {k: v for k, v in params.items() if k.endswith("weight")}
     grads = penalty_grads(w, kinds, ALL3)
     for key in w:
@@ -43,8 +55,9 @@ def test_penalty_gradient_matches_central_differences_in_float64(rng):
 def test_penalty_gradient_by_hand_and_zero_groups_get_zero():
     w = {"d1.weight": np.array([[3.0, 4.0], [0.0, 0.0]])}
     kinds = {"d1": ("filter",)}
-    np.testing.assert_allclose(penalty_grads(w, kinds, SSLConfig(lambda_filter=2.0))["d1.weight"],
-                               [[1.2, 1.6], [0.0, 0.0]])  # 2 * w / ||row||, row 1 is zero: subgradient 0
+    np.testing.assert_allclose(
+        penalty_grads(w, kinds, SSLConfig(lambda_filter=2.0))["d1.weight"], [[1.2, 1.6], [0.0, 0.0]]
+    )  # 2 * w / ||row||, row 1 is zero: subgradient 0
     assert penalty(w, kinds, SSLConfig(lambda_filter=2.0)) == pytest.approx(10.0)
     cols = penalty_grads(w, {"d1": ("channel",)}, SSLConfig(lambda_channel=1.0))["d1.weight"]
     np.testing.assert_allclose(cols, [[1.0, 1.0], [0.0, 0.0]])  # columns (3, 0) and (4, 0)
@@ -94,8 +107,16 @@ def test_the_training_step_adds_the_penalty_only_in_its_phase(rng):
     y = rng.integers(0, 10, 8)
     sgd = SGDConfig(base_lr=0.1, momentum=0.0, weight_decay=0.0, lr_policy="fixed")
     cfg = TrainConfig(iterations=2, batch_size=8, sgd=sgd)
-    method = SSL(SSLConfig(lambda_filter=0.01, lambda_channel=0.02, iterations=1, prune_interval=1, threshold=0.0,
-                           finetune_iterations=1))
+    method = SSL(
+        SSLConfig(
+            lambda_filter=0.01,
+            lambda_channel=0.02,
+            iterations=1,
+            prune_interval=1,
+            threshold=0.0,
+            finetune_iterations=1,
+        )
+    )
     state = new_run(spec, 8, cfg, seed=0)
     state.method_state = method.init_state(spec, state.params)
     for it in range(2):
@@ -128,18 +149,33 @@ def test_a_short_real_run_removes_neurons_and_the_thinned_net_predicts_the_same(
     spec = get_spec("lenet-300-100")
     data = Data(x_train[:3000], y_train[:3000], x_test[:100], y_test[:100])
     dense, _ = run_training(spec, data, TrainConfig(iterations=100, test_interval=10**6), seed=0)
-    cfg = SSLConfig(lambda_filter=0.02, lambda_channel=0.02, threshold=0.05, iterations=200, prune_interval=100,
-                    finetune_iterations=20)
-    state, _ = run_training(spec, data, TrainConfig(iterations=220, test_interval=10**6), seed=0,
-                            method=SSL(cfg), params=dense.params, masks=dense.masks)
+    cfg = SSLConfig(
+        lambda_filter=0.02,
+        lambda_channel=0.02,
+        threshold=0.05,
+        iterations=200,
+        prune_interval=100,
+        finetune_iterations=20,
+    )
+    state, _ = run_training(
+        spec,
+        data,
+        TrainConfig(iterations=220, test_interval=10**6),
+        seed=0,
+        method=SSL(cfg),
+        params=dense.params,
+        masks=dense.masks,
+    )
     removed = {n: int((~alive_units(state.masks, n)).sum()) for n in ("ip1", "ip2")}
     assert removed["ip1"] > 0 and removed["ip2"] > 0, removed
     assert not state.masks["ip1.weight"].all(axis=0).all()  # input pixels went too (channel-wise groups)
     small, small_params, report = thin(spec, state.params, state.masks)
     assert report.changed
     eff = effective_params(state.params, state.masks)
-    assert np.array_equal(forward(small, small_params, x_test[:2000])[0].argmax(1),
-                          forward(spec, eff, x_test[:2000])[0].argmax(1))
+    assert np.array_equal(
+        forward(small, small_params, x_test[:2000])[0].argmax(1),
+        forward(spec, eff, x_test[:2000])[0].argmax(1),
+    )
 
 
 def test_too_strong_a_penalty_never_leaves_a_constant_net(rng):
@@ -147,7 +183,9 @@ def test_too_strong_a_penalty_never_leaves_a_constant_net(rng):
     the net still depends on its input and thins to one unit per hidden layer."""
     params = init_params(TINY_CONV, rng=rng, dtype=np.float64)
     cfg = SSLConfig(lambda_filter=1.0, lambda_channel=1.0, lambda_shape=1.0, threshold=1e9)
-    new = remove_small_groups(TINY_CONV, params, all_ones_masks(params), layer_kinds(TINY_CONV, cfg), cfg.threshold)
+    new = remove_small_groups(
+        TINY_CONV, params, all_ones_masks(params), layer_kinds(TINY_CONV, cfg), cfg.threshold
+    )
     small, small_params, _ = thin(TINY_CONV, params, new)
     assert [op.w_shape[0] for op in small.layers] == [1, 1, 1, 3]
     x = rng.standard_normal((4, 1, 10, 10))

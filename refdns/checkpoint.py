@@ -3,10 +3,12 @@
 Readable from any HDF5 tool (h5dump, h5py, HDF5.jl, the C API): no pickled objects anywhere. The schema is
 documented in ``data/SCHEMA.md``; its version is :data:`SCHEMA_VERSION`.
 
-Layout (schema 2; schema 1 is the same without ``manifest``)::
+Layout (schema 3; schema 2 is the same without ``spec``, schema 1 also without the seal and ``manifest``)::
 
     /                      attrs: format, schema_version, refdns_version, net, method, seed, iteration,
-                                  config (JSON text)
+                                  config (JSON text),
+                                  spec (JSON: family, name, every layer's weight and bias shape; a thinned
+                                  net has fewer units than its family, refdns.nets.spec_record)
     /params/<layer>/weight, bias             float32, Caffe layouts
     /masks/<layer>/weight, bias              uint8, 0 or 1
     /optimizer/velocity/<layer>/weight, bias float32 (Caffe momentum history)
@@ -42,14 +44,15 @@ import numpy as np
 from refdns import __version__
 from refdns.atomic import atomic_path
 from refdns.errors import CheckpointError
-from refdns.nets import get_spec
+from refdns.nets import get_spec, spec_from_record, spec_record
 from refdns.nets.sequential import NetSpec
 from refdns.prune.base import MaskUpdate
 from refdns.run import BatchStream, History, RunState, generator_from_state
 
 FORMAT = "refdns-checkpoint"
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
+SPEC_ATTR = "spec"
 MANIFEST_ATTR = "manifest"
 USERBLOCK = 512
 SEAL_MAGIC = b"refdns-checkpoint-seal 1\n"
@@ -178,6 +181,7 @@ def save(path: str | os.PathLike, state: RunState, *, method: str = "dense", con
             f.attrs["seed"] = -1 if state.seed is None else int(state.seed)
             f.attrs["iteration"] = int(state.iteration)
             f.attrs["config"] = json.dumps(config or {}, sort_keys=True)
+            f.attrs[SPEC_ATTR] = json.dumps(spec_record(state.spec), sort_keys=True)
             _write_tensors(f.create_group("params"), state.params, np.float32)
             _write_tensors(f.create_group("masks"), state.masks, np.uint8)
             _write_tensors(f.create_group("optimizer").create_group("velocity"), state.velocity, np.float32)
@@ -320,6 +324,16 @@ def _pairs_dataset(f: h5py.File, name: str, path: Path) -> np.ndarray:
     return arr
 
 
+def _read_spec(f: h5py.File, path: Path) -> NetSpec:
+    """Schema 3: the net from the ``spec`` attribute (its family and every layer's shapes)."""
+    text = _attr(f, SPEC_ATTR, path)
+    try:
+        record = json.loads(text)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: root attribute {SPEC_ATTR!r} is not JSON") from None
+    return spec_from_record(record)
+
+
 def _load_open(f: h5py.File, path: Path, sealed: bool) -> Checkpoint:
     fmt = _attr(f, "format", path)
     if fmt != FORMAT:
@@ -343,9 +357,12 @@ def _load_open(f: h5py.File, path: Path, sealed: bool) -> Checkpoint:
             raise CheckpointError(f"{path}: missing group /{group}")
     net = str(_attr(f, "net", path))
     try:
-        spec = get_spec(net)
+        spec = get_spec(net) if schema < 3 else _read_spec(f, path)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    if spec.name != net:
+        raise CheckpointError(f"{path}: root attribute net {net!r} is not the net its spec describes "
+                              f"({spec.name!r})")
     params = _read_tensors(f, "params", spec, path, kind="param")
     masks = _read_tensors(f, "masks", spec, path, kind="mask")
     velocity = _read_tensors(f, "optimizer/velocity", spec, path, kind="param")

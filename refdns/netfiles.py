@@ -1,5 +1,6 @@
 """Net files for inference and shipping: HDF5 checkpoints and Deep Compression's ``.rdc`` files, told apart by
-their first bytes (not their names); a checkpoint compressed to ``.rdc`` and back (:mod:`refdns.compress`)."""
+their first bytes (not their names); a checkpoint compressed to ``.rdc`` and back (:mod:`refdns.compress`);
+a structured-pruned checkpoint thinned into a smaller one (:mod:`refdns.thin`)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from refdns.compress import (
 )
 from refdns.compress.quantize import expand_bits
 from refdns.compress.rdc import MAGIC as RDC_MAGIC
-from refdns.errors import RdcError
-from refdns.nets import get_spec
+from refdns.errors import ConfigError, RdcError
+from refdns.nets import resolve_spec
 from refdns.nets.sequential import NetSpec, check_params
 from refdns.run import RunState, TrainConfig, new_run
+from refdns.thin import ThinReport, thin_masked
 
 #: Training-set size the batch order of a decompressed net is drawn for (MNIST's; a later run may redraw it).
 N_TRAIN = 60_000
@@ -57,11 +59,13 @@ def read_compressed(path: str | Path) -> tuple[NetSpec, tuple[QuantizedLayer, ..
         that are not that net's (missing, extra or of another shape).
     """
     net_name, layers, _ = read_rdc_layers(path)
-    try:
-        spec = get_spec(net_name)
+    params, masks = dequantize_net(layers)
+    shapes = {la.name: (tuple(params[f"{la.name}.weight"].shape), tuple(params[f"{la.name}.bias"].shape))
+              for la in layers}
+    try:  # a known net, or a thinned member of one (its layer shapes say how many units it kept)
+        spec = resolve_spec(net_name, shapes)
     except ValueError as e:
         raise RdcError(f"{path}: {e}") from None
-    params, masks = dequantize_net(layers)
     try:
         check_params(spec, params)
     except ValueError as e:
@@ -110,3 +114,29 @@ def decompress_to_checkpoint(path: str | Path, out: str | Path) -> RunState:
     return state
 
 
+
+
+def thin_checkpoint(path: str | Path, out: str | Path) -> tuple[RunState, ThinReport]:
+    """Cut the fully pruned filters and neurons out of a checkpoint's net; write the smaller net to ``out``.
+
+    The new checkpoint holds the thinned net (its layer shapes in the ``spec`` attribute, so every command
+    that reads a checkpoint loads it), the effective weights ``w * mask`` of what remains and their masks, and
+    starts a fresh run (iteration 0, zero velocity, the source's seed). When nothing can be removed the source
+    run is written unchanged (``report.changed`` is False and its message says so).
+    """
+    ck = checkpoint.load(path)
+    st = ck.state
+    try:
+        new_spec, params, masks, report = thin_masked(st.spec, st.params, st.masks)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not report.changed:
+        checkpoint.save(out, st, method=ck.method, config=ck.config)
+        return st, report
+    seed = 0 if st.seed is None else st.seed
+    state = new_run(new_spec, N_TRAIN, TrainConfig(), seed=seed, params=params, masks=masks)
+    checkpoint.save(out, state, method="thin",
+                    config={"net": new_spec.name, "seed": seed, "thinned_from": str(path),
+                            "source_method": ck.method, "source_iteration": st.iteration,
+                            "units": {r.layer: [r.units_before, r.units_after] for r in report.layers}})
+    return state, report

@@ -234,7 +234,7 @@ def from_checkpoint_config(config: dict[str, Any], *, source: str = "checkpoint"
     protocol or threads: Caffe's dense recipe, the test protocol and 1 thread are assumed for them.
     """
     if "train" not in config or "net" not in config:
-        raise ConfigError(f"{source} records no training settings (an imported net?): no run file recreates it")
+        raise ConfigError(f"{source} records no training settings (an imported, decompressed or thinned net?): no run file recreates it")
     out: dict[str, Any] = {"net": config["net"], "dataset": config.get("dataset", "mnist"),
                            "seeds": [config.get("seed", 0)], "select_on": config.get("select_on", "test"),
                            "threads": config.get("threads", 1)}

@@ -85,6 +85,8 @@ def thin(
 ) -> tuple[NetSpec, dict[str, np.ndarray], ThinReport]:
     """A smaller dense net computing the same function as the masked net ``(spec, params * masks)``.
 
+    :func:`thin_masked` also returns the masks of what remains (the unstructured zeros inside kept units).
+
     Parameters
     ----------
     spec : NetSpec
@@ -106,6 +108,15 @@ def thin(
         On mismatched params/masks, or when a layer would keep no unit (the masked net's output is then a
         constant; a layer of zero units is not a net).
     """
+    new_spec, new_params, _, report = thin_masked(spec, params, masks)
+    return new_spec, new_params, report
+
+
+def thin_masked(
+    spec: NetSpec, params: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+) -> tuple[NetSpec, dict[str, np.ndarray], dict[str, np.ndarray], ThinReport]:
+    """:func:`thin`, plus the masks of the kept entries (same keys and shapes as the new params; ``masks``
+    itself when nothing is removed)."""
     check_params(spec, params)
     check_params(spec, masks)
     units = unit_layers(spec)
@@ -120,7 +131,7 @@ def thin(
         rows = tuple(LayerThinning(op.name, op.w_shape[0], op.w_shape[0], sizes[op.name], sizes[op.name])
                      for op in spec.layers)
         message = f"{spec.name}: no fully pruned filter or neuron; the net is unchanged"
-        return spec, params, ThinReport(spec.name, spec.name, False, rows, message)
+        return spec, params, masks, ThinReport(spec.name, spec.name, False, rows, message)
 
     # Input columns each layer keeps, from the units its predecessor keeps.
     in_keep: dict[str, np.ndarray] = {}
@@ -131,6 +142,7 @@ def thin(
             in_keep[u.next_layer] = np.concatenate([np.arange(u.next_columns(j).start, u.next_columns(j).stop)
                                                     for j in keep[name]])
     new_params: dict[str, np.ndarray] = {}
+    new_masks: dict[str, np.ndarray] = {}
     new_ops = []
     rows = []
     for op in spec.ops:
@@ -138,15 +150,14 @@ def thin(
             new_ops.append(op)
             continue
         wk, bk = weight_key(op.name), bias_key(op.name)
-        w = params[wk] * masks[wk]
-        b = params[bk] * masks[bk]
         out_idx = keep.get(op.name, np.arange(op.w_shape[0]))
-        w = w[out_idx]
-        if op.name in in_keep:
-            w = w[:, in_keep[op.name]]
-        b = b[out_idx]
-        new_params[wk] = np.ascontiguousarray(w)
-        new_params[bk] = np.ascontiguousarray(b)
+        cols = in_keep.get(op.name, slice(None))
+        for key in (wk, bk):
+            p, m = (params[key] * masks[key])[out_idx], masks[key][out_idx]
+            if key == wk:
+                p, m = p[:, cols], m[:, cols]
+            new_params[key], new_masks[key] = np.ascontiguousarray(p), np.ascontiguousarray(m)
+        w, b = new_params[wk], new_params[bk]
         new_ops.append(dataclasses.replace(op, w_shape=tuple(w.shape), b_shape=tuple(b.shape)))
         rows.append(LayerThinning(op.name, op.w_shape[0], w.shape[0],
                                   int(np.prod(op.w_shape)) + int(np.prod(op.b_shape)), w.size + b.size))
@@ -157,4 +168,4 @@ def thin(
     before, after = sum(r.params_before for r in rows), sum(r.params_after for r in rows)
     report = ThinReport(spec.name, name, True, tuple(rows),
                         f"{spec.name} -> {name}: {removed}; parameters {before:,} -> {after:,}")
-    return new_spec, new_params, report
+    return new_spec, new_params, new_masks, report

@@ -5,6 +5,7 @@ One iteration, in Caffe's order::
     masks <- method.update_masks(iter, W, masks)      # DNS: before the forward pass
     W_eff  = W * masks                                 # refdns.effective: dense or sparse, by density
     loss, dL/dW_eff = forward/backward(W_eff, batch)
+    dL/dW_eff += method.penalty_grads(iter, W, masks)  # a method's own penalty (SSL's group lasso), if any
     g      = dL/dW_eff                 if method.grad_through_mask   (DNS eq. (2): every entry of W)
            = dL/dW_eff * masks         otherwise                     (Han: pruned entries stay 0)
     SGD step (weight decay, momentum) on all of W
@@ -67,6 +68,10 @@ def train_step(
         trace.update(records=records, masks={k: m.copy() for k, m in state.masks.items()},
                      activations=[np.array(o, copy=True) for o in cache.outputs], loss=loss,
                      grads={k: g.copy() for k, g in grads.items()})
+    extra = method.penalty_grads(it, state.params, state.masks)
+    if extra:
+        for k, g in extra.items():
+            grads[k] += g
     if not method.grad_through_mask:
         for k, g in grads.items():
             g *= state.masks[k]

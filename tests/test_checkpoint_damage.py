@@ -317,9 +317,9 @@ def test_nan_inf_and_non_binary_masks_are_refused(real_file, layout, data):
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("schema_version", 3, "newer"),
+        ("schema_version", 4, "newer"),
         ("schema_version", 0, "not valid"),
-        ("schema_version", "2", "integer"),
+        ("schema_version", "3", "integer"),
         ("format", "keras", "format"),
         ("format", "refdns-trace", "format"),
         ("net", "alexnet", "alexnet"),

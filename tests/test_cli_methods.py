@@ -94,6 +94,24 @@ def test_reproduce_offers_only_methods_with_a_recipe():
     from refdns.cli import build_parser
     from refdns.prune.base import reproducible_methods
 
-    assert set(reproducible_methods()) == {"dns", "gmp", "han", "magnitude", "random", "structured"}
+    assert set(reproducible_methods()) == {"dns", "gmp", "han", "magnitude", "random", "ssl", "structured"}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["reproduce", "--net", "lenet-5", "--method", "obd"])
+
+
+def test_run_file_with_ssl_removes_groups_and_the_result_thins(tmp_path):
+    """SSL chosen like every method (a run file's [method] name), short and strong: neurons go, and
+    `refdns thin` cuts them out of the checkpoint it wrote."""
+    rf = tmp_path / "ssl.toml"
+    rf.write_text('net = "lenet-300-100"\nseeds = "0"\n[dense]\niterations = 60\ntest_interval = 0\n'
+                  '[method]\nname = "ssl"\nrecipe = "refdns"\nlambda_filter = 0.03\nlambda_channel = 0.03\n'
+                  'threshold = 0.15\niterations = 160\nprune_interval = 80\nfinetune_iterations = 10\n'
+                  '[train]\niterations = 170\ntest_interval = 0\n')
+    r = run_cli("run", str(rf), "--out-dir", str(tmp_path / "out"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    ck = checkpoint.load(tmp_path / "out" / "seed0-ssl.h5")
+    assert ck.method == "ssl" and int(ck.state.method_state["removals"]) == 2
+    assert any(u.layer == "ip1" and u.pruned > 0 for u in ck.state.history.mask_updates)
+    r = run_cli("thin", str(tmp_path / "out" / "seed0-ssl.h5"), "-o", str(tmp_path / "small.h5"))
+    assert r.returncode == 0, r.stderr
+    assert "lenet-300-100-thin-" in r.stdout

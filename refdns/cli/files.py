@@ -1,7 +1,9 @@
-"""import, export, compress, decompress: weight files in and out (.npz, safetensors, .caffemodel, .rdc)."""
+"""import, export, compress, decompress, thin: weight files in and out (.npz, safetensors, .caffemodel, .rdc),
+and a structured-pruned net cut down to its kept units."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +103,28 @@ def cmd_decompress(args) -> int:
     return 0
 
 
+def cmd_thin(args) -> int:
+    from refdns.netfiles import thin_checkpoint
+
+    check_inputs({"checkpoint": args.checkpoint})
+    check_outputs({"--out": args.out, "--json": args.json}, inputs={"checkpoint": args.checkpoint},
+                  force=args.force)
+    state, report = thin_checkpoint(args.checkpoint, args.out)
+    print("| layer | units before | units after | parameters before | parameters after |")
+    print("|---|---:|---:|---:|---:|")
+    for r in report.layers:
+        print(f"| {r.layer} | {r.units_before:,} | {r.units_after:,} | {r.params_before:,} "
+              f"| {r.params_after:,} |")
+    print(f"{args.out}: {report.message}" + ("" if report.changed else " (written as it was)"))
+    if args.json:
+        write_json(args.json, {"checkpoint": str(args.checkpoint), "out": str(args.out),
+                               "changed": report.changed, "net": report.net, "thinned_net": report.thinned_net,
+                               "params_before": report.params_before, "params_after": report.params_after,
+                               "layers": [dataclasses.asdict(r) for r in report.layers],
+                               "message": report.message})
+    return 0
+
+
 def add_commands(command, nets) -> None:
     """Register this module's subcommands (``command(name, func, help)`` makes a subparser)."""
     p = command("import", cmd_import, "make a checkpoint from a weight file: .npz, safetensors (plain or "
@@ -137,4 +161,9 @@ def add_commands(command, nets) -> None:
     p.add_argument("rdc", help=".rdc file written by refdns compress")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="checkpoint to write")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
-
+    p = command("thin", cmd_thin, "cut fully pruned filters and neurons (and the inputs reading them) out "
+                "of a checkpoint: a smaller dense net with the same predictions, loadable by every command")
+    p.add_argument("checkpoint", help="HDF5 checkpoint, usually of a structured pruning run")
+    p.add_argument("-o", "--out", required=True, metavar="FILE",
+                   help="checkpoint of the thinned net to write")
+    _output_args(p, json_help="also write the per-layer units and parameters as JSON")

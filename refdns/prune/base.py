@@ -166,6 +166,14 @@ class PruningMethod:
         """
         return []
 
+    def penalty_grads(
+        self, iteration: int, params: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray] | None:
+        """The gradient of a penalty the method adds to the loss at ``iteration`` (SSL's group lasso), keyed
+        like ``params`` (only the penalised ones), in their dtype; added to dL/dW_eff before the gradient rule
+        and the SGD step. None (the default): no penalty."""
+        return None
+
     def trace_state(
         self, spec: NetSpec, state: dict[str, np.ndarray], records: list[MaskUpdate]
     ) -> dict[str, np.ndarray]:

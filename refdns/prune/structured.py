@@ -11,6 +11,16 @@ current (masked) net. A removed unit is masked whole (:func:`refdns.prune.units.
 its bias and the next layer's inputs that read it), so it stays exactly zero (``grad_through_mask = False``)
 and :func:`refdns.thin.thin` can cut it out of the net. The output layer's units are never removed.
 
+With a FLOP budget instead (``flops``: the FLOPs of one image's forward pass through the conv and fc layers,
+Molchanov et al.'s count, :mod:`refdns.nets.flops`), step r aims at
+
+    # FLOPs(r) <= F_1 - (F_1 - flops) * r / R          F_1 the net's FLOPs before step 1
+
+by removing the same fraction f of each listed layer's units (the smallest f that meets the aim, every layer
+keeping at least one unit; within a layer the lowest-scored units go). A uniform fraction needs no comparison
+of scores across layers, which most criteria do not support (l1 norms and activations have per-layer scales);
+refdns's choice, not Molchanov et al.'s one-unit-at-a-time global ranking of l2-normalised Taylor scores.
+
 The activation criteria need data: construct the method with ``x, y`` (a training batch pool; each step
 draws ``samples`` of them with the run's mask stream). ``random`` and ``l1`` need none.
 """
@@ -25,6 +35,7 @@ import numpy as np
 from refdns.config import check_number
 from refdns.errors import ConfigError
 from refdns.nets import NETS
+from refdns.nets.flops import net_flops
 from refdns.nets.sequential import NetSpec
 from refdns.prune.base import PruningMethod, Recipe, check_variant
 from refdns.prune.criteria import ACTIVATION_CRITERIA, CRITERIA, unit_scores
@@ -44,7 +55,9 @@ class StructuredConfig:
     """Structured pruning.
 
     ``criterion``: one of :data:`refdns.prune.criteria.CRITERIA`. Exactly one of ``fractions`` ({layer:
-    fraction of its units to remove, in [0, 1)}) or ``counts`` ({layer: number of units to remove}).
+    fraction of its units to remove, in [0, 1)}), ``counts`` ({layer: number of units to remove}) or
+    ``flops`` (the FLOP budget of the pruned net, :mod:`refdns.nets.flops`; ``flop_layers`` names the layers
+    it may remove units from, default every hidden layer).
     ``steps`` prune/fine-tune rounds, ``step_iterations`` fine-tuning iterations after each (the run is
     ``steps * step_iterations`` long; 0 iterations prunes all steps at once, without fine-tuning).
     ``samples``: images scored per step (activation criteria); ``bins``: histogram bins of the entropies.
@@ -57,15 +70,25 @@ class StructuredConfig:
     step_iterations: int = 1_000
     samples: int = 1_000
     bins: int = 100
+    flops: int | None = None
+    flop_layers: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.criterion not in CRITERIA:
             raise ConfigError(f"criterion={self.criterion!r} must be one of {CRITERIA}")
-        if (self.fractions is None) == (self.counts is None):
-            raise ConfigError(
-                "give exactly one of fractions={layer: fraction removed} or counts={layer: units}")
+        if sum(v is not None for v in (self.fractions, self.counts, self.flops)) != 1:
+            raise ConfigError("give exactly one of fractions={layer: fraction removed}, "
+                              "counts={layer: units} or flops=<FLOP budget>")
+        if self.flop_layers is not None:
+            if self.flops is None:
+                raise ConfigError("flop_layers only goes with flops")
+            if isinstance(self.flop_layers, str) or not self.flop_layers:
+                raise ConfigError(f"flop_layers={self.flop_layers!r} must be a non-empty list of layer names")
+            object.__setattr__(self, "flop_layers", tuple(str(x) for x in self.flop_layers))
         given = self.fractions if self.fractions is not None else self.counts
-        if not isinstance(given, dict) or not given:
+        if self.flops is not None:
+            check_number("flops", self.flops, lo=1, integer=True)
+        elif not isinstance(given, dict) or not given:
             raise ConfigError(f"fractions/counts must be a non-empty dict {{layer: value}}, got {given!r}")
         if self.fractions is not None:
             for layer, f in self.fractions.items():
@@ -74,7 +97,7 @@ class StructuredConfig:
                     raise ConfigError(
                         f"fractions[{layer!r}]={f!r} would remove every unit of layer {layer!r}")
             object.__setattr__(self, "fractions", {str(k): float(v) for k, v in self.fractions.items()})
-        else:
+        elif self.counts is not None:
             for layer, c in self.counts.items():
                 check_number(f"counts[{layer!r}]", c, lo=0, integer=True)
             object.__setattr__(self, "counts", {str(k): int(v) for k, v in self.counts.items()})
@@ -85,21 +108,39 @@ class StructuredConfig:
 
     @property
     def layers(self) -> dict[str, Any]:
+        """{layer: fraction or count}; in FLOP mode {layer: None} for the listed layers (all: empty)."""
+        if self.flops is not None:
+            return dict.fromkeys(self.flop_layers or ())
         return self.fractions if self.fractions is not None else self.counts
+
+
+def _check_layer(spec: NetSpec, layer: str) -> None:
+    if layer not in spec.layer_names:
+        raise ConfigError(f"structured: {spec.name} has no layer {layer!r} (its layers: {spec.layer_names})")
+    if layer not in prunable_layers(spec):
+        raise ConfigError(f"structured: layer {layer!r} is {spec.name}'s output layer; its units are "
+                          "the classes and are never removed")
 
 
 def removal_targets(spec: NetSpec, cfg: StructuredConfig) -> dict[str, int]:
     """Units each layer loses by the last step; refuses, naming the layer, every unit, more than exist, the
-    output layer or a layer the net does not have."""
+    output layer or a layer the net does not have. FLOP mode: {} (the targets follow the budget, step by
+    step, :func:`flop_step_removals`), after checking the listed layers and that the budget can be met."""
     units = unit_layers(spec)
+    if cfg.flops is not None:
+        layers = flop_layers(spec, cfg)
+        least = net_flops(spec, {layer: 1 for layer in layers})
+        full = net_flops(spec)
+        if cfg.flops >= full:
+            raise ConfigError(f"structured: flops={cfg.flops:,} is not below {spec.name}'s {full:,} FLOPs; "
+                              "nothing would be removed")
+        if cfg.flops < least:
+            raise ConfigError(f"structured: flops={cfg.flops:,} cannot be met: keeping one unit in each of "
+                              f"{list(layers)} still costs {least:,} FLOPs")
+        return {}
     out = {}
     for layer, value in cfg.layers.items():
-        if layer not in spec.layer_names:
-            raise ConfigError(
-                f"structured: {spec.name} has no layer {layer!r} (its layers: {spec.layer_names})")
-        if layer not in prunable_layers(spec):
-            raise ConfigError(f"structured: layer {layer!r} is {spec.name}'s output layer; its units are "
-                              "the classes and are never removed")
+        _check_layer(spec, layer)
         n = units[layer].n_units
         k = n - kept_count(n, 1.0 - value) if cfg.fractions is not None else value
         if k > n:
@@ -108,6 +149,33 @@ def removal_targets(spec: NetSpec, cfg: StructuredConfig) -> dict[str, int]:
             raise ConfigError(f"structured: removing {k} units would remove every unit of layer {layer!r}")
         out[layer] = k
     return out
+
+
+def flop_layers(spec: NetSpec, cfg: StructuredConfig) -> tuple[str, ...]:
+    """The layers a FLOP budget may remove units from (checked), in net order."""
+    layers = cfg.flop_layers or prunable_layers(spec)
+    for layer in layers:
+        _check_layer(spec, layer)
+    return tuple(n for n in spec.layer_names if n in layers)
+
+
+def flop_step_removals(spec: NetSpec, alive: dict[str, int], layers: tuple[str, ...], aim: float
+                       ) -> dict[str, int]:
+    """Units each of ``layers`` keeps so that the net's FLOPs are at most ``aim``: the smallest uniform
+    fraction f of each layer's units removed (``round(f * F_l)``, never fewer than already removed, at least
+    one kept); every layer at one unit when no f meets it. ``alive``: units each prunable layer has now."""
+    full = {op.name: op.w_shape[0] for op in spec.layers}
+
+    def kept(f: float) -> dict[str, int]:
+        return alive | {n: max(1, min(alive[n], full[n] - int(np.floor(f * full[n] + 0.5)))) for n in layers}
+
+    if net_flops(spec, kept(0.0)) <= aim:
+        return kept(0.0)
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # bisection on a non-increasing step function of f
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if net_flops(spec, kept(mid)) <= aim else (mid, hi)
+    return kept(hi)
 
 
 def step_target(total: int, r: int, steps: int) -> int:
@@ -172,6 +240,7 @@ class StructuredPruning(PruningMethod):
         self.spec = spec
         self.units = unit_layers(spec)
         self.targets = removal_targets(spec, self.config)
+        self.layers = flop_layers(spec, self.config) if self.config.flops is not None else tuple(self.targets)
 
     def _ensure_layout(self, params: dict[str, np.ndarray]) -> None:
         """A run resumed from a checkpoint skips :meth:`init_state`; find its net among the known ones by
@@ -184,6 +253,10 @@ class StructuredPruning(PruningMethod):
             raise ConfigError("structured: call init_state(spec, params) first (the net is not a known one)")
         self._layout(found[0])
 
+    def flops(self, masks: dict[str, np.ndarray]) -> int:
+        """FLOPs of one image through the net its masks leave (alive units; :mod:`refdns.nets.flops`)."""
+        return net_flops(self.spec, {n: int(np.count_nonzero(alive_units(masks, n))) for n in self.units})
+
     def scores(self, params, masks, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Every configured layer's unit scores on the current masked net."""
         cfg = self.config
@@ -191,23 +264,32 @@ class StructuredPruning(PruningMethod):
         if cfg.criterion in ACTIVATION_CRITERIA:
             pick = rng.choice(len(self.x), size=min(cfg.samples, len(self.x)), replace=False)
             acts = unit_activations(self.spec, effective_params(params, masks), self.x[pick], self.y[pick],
-                                    list(cfg.layers))
+                                    list(self.layers))
         out = {}
-        for layer in cfg.layers:
+        for layer in self.layers:
             a, da = acts.get(layer, (None, None))
             w = params[f"{layer}.weight"] * masks[f"{layer}.weight"]
             out[layer] = unit_scores(cfg.criterion, w=w, a=a, da=da, bins=cfg.bins, rng=rng)
         return out
 
-    def prune_step(self, r: int, params, masks, rng) -> dict[str, np.ndarray]:
-        """Step ``r``'s masks (new arrays)."""
+    def prune_step(self, r: int, params, masks, rng, flops_start: int | None = None) -> dict[str, np.ndarray]:
+        """Step ``r``'s masks (new arrays). FLOP mode: ``flops_start`` is the net's FLOPs before step 1."""
+        cfg = self.config
         scores = self.scores(params, masks, rng)
+        alive = {n: alive_units(masks, n) for n in self.units}
+        if cfg.flops is None:
+            removed = {n: step_target(total, r, cfg.steps) for n, total in self.targets.items()}
+        else:
+            aim = flops_start - (flops_start - cfg.flops) * r / cfg.steps
+            counts = {n: int(np.count_nonzero(a)) for n, a in alive.items()}
+            kept = flop_step_removals(self.spec, counts, self.layers, aim)
+            removed = {n: self.units[n].n_units - kept[n] for n in self.layers}
         new = masks
-        for layer, total in self.targets.items():
-            alive = alive_units(masks, layer)
-            k = step_target(total, r, self.config.steps) - (alive.size - int(np.count_nonzero(alive)))
+        for layer, total in removed.items():
+            alive_l = alive[layer]
+            k = total - (alive_l.size - int(np.count_nonzero(alive_l)))
             if k > 0:
-                new = remove_units(new, self.units[layer], lowest_alive(scores[layer], alive, k))
+                new = remove_units(new, self.units[layer], lowest_alive(scores[layer], alive_l, k))
         return {k: m.copy() for k, m in new.items()} if new is masks else new
 
     def update_masks(self, iteration, params, masks, state, rng) -> list[dict[str, Any]]:
@@ -217,7 +299,10 @@ class StructuredPruning(PruningMethod):
         if done < cfg.steps:
             self._ensure_layout(params)
         while done < cfg.steps and iteration >= done * cfg.step_iterations:
-            new = self.prune_step(done + 1, params, masks, rng)
+            if cfg.flops is not None and done == 0:
+                state["flops_start"] = np.array(self.flops(masks), dtype=np.int64)
+            start = int(state["flops_start"]) if cfg.flops is not None else None
+            new = self.prune_step(done + 1, params, masks, rng, start)
             records += mask_records(iteration, layer_names(params), masks, new)
             for k in masks:
                 masks[k][...] = new[k]

@@ -17,6 +17,7 @@ import numpy as np
 
 from refdns.config import check_number
 from refdns.effective import EffectiveParams
+from refdns.layers import Workspace
 from refdns.nets.sequential import NetSpec, init_params
 from refdns.optim import SGDConfig, zeros_like_params
 from refdns.prune.base import MaskUpdate, all_ones_masks
@@ -183,6 +184,8 @@ class RunState:
     seed: int | None = None
     # Per-run scratch (buffers, sparse index structures), rebuilt on demand; not state, never saved.
     workspace: EffectiveParams | None = field(default=None, repr=False, compare=False)
+    # The training step's activation, cache and gradient buffers (refdns.layers.workspace); likewise.
+    scratch: Workspace | None = field(default=None, repr=False, compare=False)
 
 
 def new_run(

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from refdns.layers import softmax_cross_entropy
+from refdns.layers import Workspace, softmax_cross_entropy
 from refdns.nets.ops import OP_KINDS, OPS, PARAM_KINDS, Op, bias_key, param_key, weight_key
 
 __all__ = [
@@ -123,7 +123,8 @@ def check_params(spec: NetSpec, params: dict[str, np.ndarray]) -> None:
 
 
 def forward(
-    spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, *, keep_outputs: bool = False
+    spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, *, keep_outputs: bool = False,
+    ws: Workspace | None = None,
 ) -> tuple[np.ndarray, ForwardCache]:
     """Logits for a batch.
 
@@ -137,6 +138,9 @@ def forward(
         MLPs flatten it themselves (their first op is ``flatten``).
     keep_outputs : bool
         Also keep every op's output in the cache (golden traces and studies want activations).
+    ws : Workspace, optional
+        Keep outputs and caches in its buffers (one child per op) instead of new arrays, so that repeated
+        calls allocate nothing (:mod:`refdns.layers.workspace`); the next call overwrites them.
 
     Returns
     -------
@@ -148,34 +152,37 @@ def forward(
     caches = []
     outputs = []
     h = x
-    for op in spec.ops:
-        h, c = OPS[op.kind].forward(op, params, h)
+    for i, op in enumerate(spec.ops):
+        h, c = OPS[op.kind].forward(op, params, h, ws=None if ws is None else ws.child(i))
         caches.append(c)
         if keep_outputs:
             outputs.append(h)
     return h, ForwardCache(tuple(caches), tuple(outputs))
 
 
-def backward(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache) -> dict[str, np.ndarray]:
+def backward(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache, *, ws: Workspace | None = None
+             ) -> dict[str, np.ndarray]:
     """dL/d(effective parameter) for every parameter, keyed like ``params``.
 
     The gradient with respect to the network input is never formed (nothing needs it), which saves the
-    largest GEMM of the first layer.
+    largest GEMM of the first layer. With ``ws`` (the one the forward used) the gradients live in its
+    buffers until the next call.
     """
     grads: dict[str, np.ndarray] = {}
-    for _, _, op_grads in _backward_steps(spec, dlogits, cache):
+    for _, _, op_grads in _backward_steps(spec, dlogits, cache, ws):
         grads.update(op_grads)
     return {k: grads[k] for k in spec.param_shapes()}
 
 
-def _backward_steps(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache):
+def _backward_steps(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache, ws: Workspace | None = None):
     """The backward pass, one op at a time from the last: yields ``(i, dL/d(output of op i), op_grads)``."""
     d = dlogits
     first = spec.first_layer_index
     for i in range(len(spec.ops) - 1, first - 1, -1):
         op = spec.ops[i]
         d_out = d
-        d, op_grads = OPS[op.kind].backward(op, d, cache.op_caches[i], need_dx=i != first)
+        d, op_grads = OPS[op.kind].backward(op, d, cache.op_caches[i], need_dx=i != first,
+                                            ws=None if ws is None else ws.child(i))
         yield i, d_out, op_grads
 
 

@@ -209,8 +209,9 @@ def predict(
 ) -> np.ndarray:
     """Top-1 class of every image, in batches so the whole test set fits comfortably in memory."""
     out = np.empty(len(x), dtype=np.int64)
+    ws = Workspace()  # one set of activation buffers for every batch: the peak is one batch's forward
     for s in range(0, len(x), batch_size):
-        logits, _ = forward(spec, params, x[s : s + batch_size])
+        logits, _ = forward(spec, params, x[s : s + batch_size], ws=ws)
         out[s : s + batch_size] = logits.argmax(axis=1)
     return out
 

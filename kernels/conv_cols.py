@@ -262,7 +262,7 @@ def col2im(dcols: np.ndarray, x_shape: tuple[int, int, int, int], KH: int, KW: i
     _check("dcols", dcols, 3 if layout == "batch_first" else 2)
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
-    x_shape = tuple(int(s) for s in x_shape)
+    x_shape = (int(x_shape[0]), int(x_shape[1]), int(x_shape[2]), int(x_shape[3]))
     OH, OW = _geometry(x_shape, KH, KW, stride, pad)
     want = cols_shape(x_shape, KH, KW, stride, pad, layout)
     if dcols.shape != want:

@@ -4,8 +4,11 @@ Both sides run in this one process on the same machine, with the same batch, arc
 (momentum 0.9, weight decay 5e-4). The figure is the median over ``--reps`` timed repetitions of
 ``--steps`` consecutive steps each, after warm-up. PyTorch is optional (``pip install torch==2.13.0``);
 without it only refdns is timed. ``--threads N [N ...]`` runs the comparison at each thread count, limiting
-BLAS (threadpoolctl), Numba and PyTorch to N threads. Neither side gets allocator tuning (refdns.perf's
-``tune_malloc`` is not called): the figures are what a program importing either library gets.
+BLAS (threadpoolctl), Numba and PyTorch to N threads. By default neither side gets allocator tuning
+(refdns.perf's ``tune_malloc`` is not called): the figures are what a program importing either library
+gets. ``--tune-malloc`` calls it first, for both sides (it is process-wide), as the refdns CLI does, and
+writes its tables to ``bench_train_step_tuned.{md,json}`` instead: PyTorch's eager step allocates fresh
+tensors every step, so it gains more from the setting than refdns, whose step allocates nothing.
 
 Beside each ratio: the FLOPs of one step, counted analytically from the net's spec (the matrix products of
 the forward pass, of the weight gradients and of the input gradients below the first layer: ``2 M K N``
@@ -20,7 +23,7 @@ cut, and the run sits at iteration 2,000, where each layer's mask update fires w
 sigma = 1/3. It is timed once per path for the masked fully connected weights: sparse (masked GEMM
 kernels), dense (W*T + BLAS) and auto (the density-based choice of ``refdns.effective``).
 
-    python validate/bench_train_step.py [--quick] [--threads N [N ...]]
+    python validate/bench_train_step.py [--quick] [--threads N [N ...]] [--tune-malloc]
 
 Writes validate/results/bench_train_step.md (a markdown table) and validate/results/bench_train_step.json
 (the raw figures).
@@ -187,7 +190,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1],
                     help="thread counts to compare at (default: 1)")
+    ap.add_argument("--tune-malloc", action="store_true",
+                    help="call refdns.perf.tune_malloc first (both sides); results go to bench_train_step_tuned.*")
     args = ap.parse_args()
+    if args.tune_malloc:
+        from refdns.perf import tune_malloc
+
+        tune_malloc()
     run(args)
 
 
@@ -235,7 +244,8 @@ def run(args) -> None:
         "# One training step at batch 64 (median of %d reps x %d steps)" % (reps, steps),
         "",
         f"numpy {np.__version__}; torch {torch_version}; {platform.machine()}, {platform.python_version()}; "
-        "no allocator tuning on either side.",
+        + ("glibc malloc tuned (refdns.perf.tune_malloc) for both sides." if args.tune_malloc else
+           "no allocator tuning on either side."),
         "",
         "FLOPs per step counted from the spec (matrix products only); peak = median sgemm GFLOP/s "
         "(2048^3 float32, NumPy's BLAS) at the same thread count, measured in this run.",
@@ -288,8 +298,10 @@ def run(args) -> None:
               "sgemm_peak": {str(k): v for k, v in peaks.items()}, "loadavg_before": load_before,
               "loadavg_after": load_after, "numpy": np.__version__, "torch": torch_version}
     RESULTS.mkdir(exist_ok=True)
-    write_text(RESULTS / "bench_train_step.md", text)
-    write_text(RESULTS / "bench_train_step.json", json.dumps(result, indent=2) + "\n")
+    stem = "bench_train_step_tuned" if args.tune_malloc else "bench_train_step"
+    result["tune_malloc"] = bool(args.tune_malloc)
+    write_text(RESULTS / f"{stem}.md", text)
+    write_text(RESULTS / f"{stem}.json", json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

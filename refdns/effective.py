@@ -106,7 +106,11 @@ class EffectiveParams:
         path = choose_path(density, sparse_capable=key in self.sparse_capable,
                            sparse_max_density=self.sparse_max_density)
         self.paths[key] = path
-        self._built_from[key] = mask.copy()
+        seen = self._built_from.get(key)
+        if seen is not None and seen.shape == mask.shape and seen.dtype == mask.dtype:
+            np.copyto(seen, mask)  # DNS changes masks often: no new mask-sized array each time
+        else:
+            self._built_from[key] = mask.copy()
         if path == "sparse":
             self._structure[key] = mask_csr(mask)
         else:

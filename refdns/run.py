@@ -17,6 +17,7 @@ import numpy as np
 
 from refdns.config import check_number
 from refdns.effective import EffectiveParams
+from refdns.layers import Workspace
 from refdns.nets.sequential import NetSpec, init_params
 from refdns.optim import SGDConfig, zeros_like_params
 from refdns.prune.base import MaskUpdate, all_ones_masks
@@ -105,14 +106,24 @@ class BatchStream:
             return np.arange(self.n, dtype=np.int64)
         return self.rng.permutation(self.n)
 
+    def _next_epoch(self) -> None:
+        """The next epoch's order, written over the current one: ``rng.permutation(n)`` is ``arange(n)``
+        shuffled, so sorting the old order back to ``arange(n)`` and shuffling it in place draws the same
+        order from the same stream without a new n-element array (and its page faults) each epoch."""
+        if self.order == "caffe":
+            return  # file order again
+        self.perm.sort()
+        self.rng.shuffle(self.perm)
+
     def next_indices(self) -> np.ndarray:
+        """The next batch's example indices (a new small array: the order itself is reused next epoch)."""
         end = self.pos + self.batch_size
         if end <= self.n:
-            idx = self.perm[self.pos : end]
+            idx = self.perm[self.pos : end].copy()
             self.pos = end
             return idx
-        head = self.perm[self.pos :]
-        self.perm = self._epoch_order()
+        head = self.perm[self.pos :].copy()
+        self._next_epoch()
         self.pos = self.batch_size - len(head)
         return np.concatenate([head, self.perm[: self.pos]])
 
@@ -183,6 +194,8 @@ class RunState:
     seed: int | None = None
     # Per-run scratch (buffers, sparse index structures), rebuilt on demand; not state, never saved.
     workspace: EffectiveParams | None = field(default=None, repr=False, compare=False)
+    # The training step's activation, cache and gradient buffers (refdns.layers.workspace); likewise.
+    scratch: Workspace | None = field(default=None, repr=False, compare=False)
 
 
 def new_run(

@@ -25,7 +25,7 @@ import numpy as np
 
 from refdns.effective import EffectiveParams
 from refdns.errors import NonFiniteError
-from refdns.layers import softmax_cross_entropy
+from refdns.layers import Workspace, softmax_cross_entropy
 from refdns.nets.sequential import backward, error_rate, forward
 from refdns.optim import sgd_step
 from refdns.prune.base import PruningMethod
@@ -54,7 +54,10 @@ def train_step(
     if state.workspace is None:
         state.workspace = EffectiveParams(state.spec)
     w_eff = state.workspace(state.params, state.masks)  # W * T: dense buffer or sparse, by density
-    logits, cache = forward(state.spec, w_eff, x, keep_outputs=trace is not None)
+    if state.scratch is None:
+        state.scratch = Workspace()
+    # Activations, caches and gradients live in the run's buffers: a step allocates no new memory.
+    logits, cache = forward(state.spec, w_eff, x, keep_outputs=trace is not None, ws=state.scratch)
     loss, dlogits = softmax_cross_entropy(logits, y)
     loss = float(loss)
     if not math.isfinite(loss):
@@ -63,7 +66,7 @@ def train_step(
             step=it,
             where="loss",
         )
-    grads = backward(state.spec, dlogits, cache)
+    grads = backward(state.spec, dlogits, cache, ws=state.scratch)
     if trace is not None:
         trace.update(records=records, masks={k: m.copy() for k, m in state.masks.items()},
                      activations=[np.array(o, copy=True) for o in cache.outputs], loss=loss,
@@ -82,6 +85,20 @@ def train_step(
             state.params[k] *= m
     state.iteration = it + 1
     return loss, lr
+
+
+def _batch(state: RunState, x_train: np.ndarray, y_train: np.ndarray, idx: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """``(x_train[idx], y_train[idx])`` gathered into the run's buffers (no new memory per step)."""
+    if state.scratch is None:
+        state.scratch = Workspace()
+    xb = state.scratch.take("batch.x", (len(idx),) + x_train.shape[1:], x_train.dtype)
+    yb = state.scratch.take("batch.y", (len(idx),) + y_train.shape[1:], y_train.dtype)
+    # mode="clip" only because NumPy buffers ``out`` under the default mode="raise" (a fresh copy each
+    # call); the indices come from the run's permutation and are always in range.
+    np.take(x_train, idx, axis=0, out=xb, mode="clip")
+    np.take(y_train, idx, axis=0, out=yb, mode="clip")
+    return xb, yb
 
 
 def evaluate(state: RunState, x: np.ndarray, y: np.ndarray) -> float:
@@ -117,8 +134,8 @@ def train(
         state.method_state = method.init_state(state.spec, state.params)
     have_test = x_test is not None and y_test is not None
     while state.iteration < until:
-        idx = state.data.next_indices()
-        loss, lr = train_step(state, x_train[idx], y_train[idx], cfg, method)
+        x, y = _batch(state, x_train, y_train, state.data.next_indices())
+        loss, lr = train_step(state, x, y, cfg, method)
         it = state.iteration  # iterations completed
         if it % cfg.display_interval == 0 or it == until:
             state.history.loss.append((it, loss))

@@ -9,6 +9,7 @@ from refdns.layers.dense import DenseCache, dense_backward, dense_forward
 from refdns.layers.flatten import FlattenCache, flatten_backward, flatten_forward
 from refdns.layers.loss import softmax, softmax_cross_entropy
 from refdns.layers.pool import MaxPoolCache, maxpool_backward, maxpool_forward
+from refdns.layers.workspace import Workspace
 from refdns.layers.sparse_dense import (
     SparseDenseCache,
     SparseWeight,
@@ -24,6 +25,7 @@ __all__ = [
     "ReluCache",
     "SparseDenseCache",
     "SparseWeight",
+    "Workspace",
     "conv2d_backward",
     "conv2d_forward",
     "dense_backward",

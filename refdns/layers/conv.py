@@ -1,7 +1,9 @@
 """2-D convolution (cross-correlation, as Caffe's Convolution layer), NCHW, zero padding, any stride.
 
 Forward is im2col followed by one matrix product; backward is two matrix products and a col2im that
-adds strided slices back, one slice per kernel offset (KH * KW NumPy operations, none per sample or pixel).
+adds the column gradients back onto the input. im2col and col2im are Numba kernels
+(:mod:`refdns.kernels.conv_cols`, whose NumPy twins are the strided-slice formulation this layer used before);
+the matrix products are BLAS.
 
 Two column layouts compute the same thing; they differ in which product BLAS sees and in how long the
 contiguous runs of the im2col/col2im slice copies are:
@@ -21,8 +23,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refdns.kernels.conv_cols import col2im, cols_shape, im2col
 from refdns.layers._checks import check_array as _check_array
 from refdns.layers._checks import check_int as _check_int
+from refdns.layers.workspace import Workspace, take
 
 _LAYOUTS = ("auto", "batch_first", "batch_last")
 
@@ -52,6 +56,7 @@ def conv2d_forward(
     stride: int = 1,
     pad: int = 0,
     layout: str = "auto",
+    ws: Workspace | None = None,
 ) -> tuple[np.ndarray, Conv2dCache]:
     """Cross-correlation ``out[n, f] = sum_c x_pad[n, c] (*) w[f, c] + b[f]`` sampled every ``stride`` pixels.
 
@@ -69,6 +74,9 @@ def conv2d_forward(
         Zeros added on every side of each map, >= 0.
     layout : {"auto", "batch_first", "batch_last"}, default "auto"
         Internal column layout (speed only, see the module docstring).
+    ws : Workspace, optional
+        Write ``out`` and the cache's columns into its buffers instead of new arrays
+        (:mod:`refdns.layers.workspace`); they are overwritten by the next call with the same workspace.
 
     Returns
     -------
@@ -108,40 +116,25 @@ def conv2d_forward(
     OW = (Wp - KW) // stride + 1
     if layout == "auto":
         layout = _auto_layout(C, KH, KW, OH, OW)
-    he = stride * (OH - 1) + 1  # extent of one kernel offset's slice of rows
-    we = stride * (OW - 1) + 1
     w2 = w.reshape(F, C * KH * KW)
+    shape = cols_shape(x.shape, KH, KW, stride, pad, layout)
+    cols = im2col(x, KH, KW, stride=stride, pad=pad, layout=layout, out=take(ws, "cols", shape, x.dtype),
+                  scratch=None if layout == "batch_first" else
+                  take(ws, "x_t", (C, Hp, Wp, N), x.dtype))
+    out = take(ws, "out", (N, F, OH, OW), x.dtype)
     if layout == "batch_first":
-        if pad:
-            xp = np.zeros((N, C, Hp, Wp), dtype=x.dtype)
-            xp[:, :, pad : pad + H, pad : pad + W] = x
-        else:
-            xp = x
-        cols = np.empty((N, C, KH, KW, OH, OW), dtype=x.dtype)
-        for i in range(KH):
-            for j in range(KW):
-                cols[:, :, i, j] = xp[:, :, i : i + he : stride, j : j + we : stride]
-        cols = cols.reshape(N, C * KH * KW, OH * OW)
-        out = np.matmul(w2, cols)  # (N, F, OH*OW)
-        out += b[:, None]
-        out = out.reshape(N, F, OH, OW)
+        np.matmul(w2, cols, out=out.reshape(N, F, OH * OW))  # (N, F, OH*OW)
     else:
-        xt = np.zeros((C, Hp, Wp, N), dtype=x.dtype)  # batch innermost
-        xt[:, pad : pad + H, pad : pad + W, :] = x.transpose(1, 2, 3, 0)
-        cols = np.empty((C, KH, KW, OH, OW, N), dtype=x.dtype)
-        for i in range(KH):
-            for j in range(KW):
-                cols[:, i, j] = xt[:, i : i + he : stride, j : j + we : stride, :]
-        cols = cols.reshape(C * KH * KW, OH * OW * N)
-        out_t = w2 @ cols  # (F, OH*OW*N)
+        out_t = take(ws, "out_t", (F, OH * OW * N), x.dtype)
+        np.matmul(w2, cols, out=out_t)  # (F, OH*OW*N)
         # A 2-D transpose copy is several times faster in NumPy than the equivalent 4-D one.
-        out = np.ascontiguousarray(out_t.reshape(F * OH * OW, N).T).reshape(N, F, OH, OW)
-        out += b[:, None, None]
+        np.copyto(out.reshape(N, F * OH * OW), out_t.reshape(F * OH * OW, N).T)
+    out += b[:, None, None]
     return out, Conv2dCache(cols, w, (N, C, H, W), stride, pad, layout)
 
 
 def conv2d_backward(
-    dout: np.ndarray, cache: Conv2dCache, *, need_dx: bool = True
+    dout: np.ndarray, cache: Conv2dCache, *, need_dx: bool = True, ws: Workspace | None = None
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of the loss with respect to the inputs of :func:`conv2d_forward`.
 
@@ -153,6 +146,8 @@ def conv2d_backward(
         From the matching :func:`conv2d_forward` call.
     need_dx : bool, default True
         If False, skip the column gradient and col2im and return ``None`` for ``dx`` (first layer).
+    ws : Workspace, optional
+        Write the gradients into its buffers (see :func:`conv2d_forward`).
 
     Returns
     -------
@@ -170,34 +165,23 @@ def conv2d_backward(
         raise ValueError(f"dout.shape={dout.shape}: expected {(N, F, OH, OW)}, the forward output")
     if dout.dtype != cols.dtype:
         raise TypeError(f"dout.dtype={dout.dtype}: expected {cols.dtype}, the forward dtype")
-    he = stride * (OH - 1) + 1
-    we = stride * (OW - 1) + 1
-    Hp, Wp = H + 2 * pad, W + 2 * pad
-    w2 = w.reshape(F, C * KH * KW)
-    db = dout.sum(axis=(0, 2, 3))
+    CKK = C * KH * KW
+    w2 = w.reshape(F, CKK)
+    db = np.sum(dout, axis=(0, 2, 3), out=take(ws, "db", (F,), dout.dtype))
+    dw = take(ws, "dw", w.shape, dout.dtype)
     if layout == "batch_first":
         d = dout.reshape(N, F, OH * OW)
-        dw = np.matmul(d, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # sum_n (F, CKK)
-        if not need_dx:
-            return None, dw, db
-        dcols = np.matmul(w2.T, d).reshape(N, C, KH, KW, OH, OW)
-        dxp = np.zeros((N, C, Hp, Wp), dtype=dout.dtype)
-        for i in range(KH):
-            for j in range(KW):
-                dxp[:, :, i : i + he : stride, j : j + we : stride] += dcols[:, :, i, j]
-        dx = np.ascontiguousarray(dxp[:, :, pad : pad + H, pad : pad + W]) if pad else dxp
+        dw_n = np.matmul(d, cols.transpose(0, 2, 1), out=take(ws, "dw_n", (N, F, CKK), dout.dtype))
+        np.sum(dw_n, axis=0, out=dw.reshape(F, CKK))  # sum_n (F, CKK)
     else:
-        dt = np.ascontiguousarray(dout.reshape(N, F * OH * OW).T).reshape(F, OH * OW * N)
-        dw = (dt @ cols.T).reshape(w.shape)
-        if not need_dx:
-            return None, dw, db
-        dcols = (w2.T @ dt).reshape(C, KH, KW, OH, OW, N)
-        dxt = np.zeros((C, Hp, Wp, N), dtype=dout.dtype)
-        for i in range(KH):
-            for j in range(KW):
-                dxt[:, i : i + he : stride, j : j + we : stride, :] += dcols[:, i, j]
-        if pad:
-            dx = np.ascontiguousarray(dxt[:, pad : pad + H, pad : pad + W, :].transpose(3, 0, 1, 2))
-        else:
-            dx = np.ascontiguousarray(dxt.reshape(C * H * W, N).T).reshape(N, C, H, W)
+        d = take(ws, "dout_t", (F, OH * OW * N), dout.dtype)
+        np.copyto(d.reshape(F * OH * OW, N), dout.reshape(N, F * OH * OW).T)
+        np.matmul(d, cols.T, out=dw.reshape(F, CKK))
+    if not need_dx:
+        return None, dw, db
+    dcols = np.matmul(w2.T, d, out=take(ws, "dcols", cols.shape, dout.dtype))
+    dx = col2im(dcols, (N, C, H, W), KH, KW, stride=stride, pad=pad, layout=layout,
+                out=take(ws, "dx", (N, C, H, W), dout.dtype),
+                scratch=None if layout == "batch_first" else
+                take(ws, "dx_t", (C, H + 2 * pad, W + 2 * pad, N), dout.dtype))
     return dx, dw, db

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refdns.layers._checks import check_array as _check_array
+from refdns.layers.workspace import Workspace, take
 
 
 class DenseCache(NamedTuple):
@@ -19,7 +20,8 @@ class DenseCache(NamedTuple):
     w: np.ndarray  # (M, D)
 
 
-def dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, DenseCache]:
+def dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, *, ws: Workspace | None = None
+                  ) -> tuple[np.ndarray, DenseCache]:
     """Affine map ``out = x @ w.T + b``.
 
     Parameters
@@ -30,6 +32,8 @@ def dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarr
         Weight in Caffe layout (out, in); nets pass the effective weight ``w * mask``.
     b : ndarray, shape (M,), same dtype as x
         Bias.
+    ws : Workspace, optional
+        Write ``out`` into its buffers (:mod:`refdns.layers.workspace`).
 
     Returns
     -------
@@ -55,13 +59,13 @@ def dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarr
         raise TypeError(f"w.dtype={w.dtype}: expected {x.dtype} to match x (no silent promotion)")
     if b.dtype != x.dtype:
         raise TypeError(f"b.dtype={b.dtype}: expected {x.dtype} to match x (no silent promotion)")
-    out = x @ w.T  # (N, M)
+    out = np.matmul(x, w.T, out=take(ws, "out", (x.shape[0], w.shape[0]), x.dtype))  # (N, M)
     out += b
     return out, DenseCache(x, w)
 
 
 def dense_backward(
-    dout: np.ndarray, cache: DenseCache, *, need_dx: bool = True
+    dout: np.ndarray, cache: DenseCache, *, need_dx: bool = True, ws: Workspace | None = None
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of the loss with respect to the inputs of :func:`dense_forward`.
 
@@ -90,7 +94,7 @@ def dense_backward(
         raise ValueError(f"dout.shape={dout.shape}: expected {(x.shape[0], w.shape[0])}, the forward output")
     if dout.dtype != x.dtype:
         raise TypeError(f"dout.dtype={dout.dtype}: expected {x.dtype}, the forward dtype")
-    dx = dout @ w if need_dx else None  # (N, D)
-    dw = dout.T @ x  # (M, D)
-    db = dout.sum(axis=0)
+    dx = np.matmul(dout, w, out=take(ws, "dx", x.shape, x.dtype)) if need_dx else None  # (N, D)
+    dw = np.matmul(dout.T, x, out=take(ws, "dw", w.shape, x.dtype))  # (M, D)
+    db = np.sum(dout, axis=0, out=take(ws, "db", (w.shape[0],), x.dtype))
     return dx, dw, db

@@ -23,6 +23,7 @@ import numpy as np
 
 from refdns.layers._checks import FLOATS
 from refdns.layers._checks import check_int as _check_int
+from refdns.layers.workspace import Workspace, take
 
 
 class MaxPoolCache(NamedTuple):
@@ -36,29 +37,41 @@ class MaxPoolCache(NamedTuple):
     stride: int
 
 
-def _max_first_wins(views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _max_first_wins(views: list[np.ndarray], ws: Workspace | None, stage: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Element-wise max over equally shaped views, and for each view a mask of where it is the first max.
 
-    Returns ``(m, win)`` with ``m`` a new array of the views' shape and ``win`` bool of shape
-    ``(len(views), *m.shape)``; exactly one of ``win[:, idx]`` is True for every index (for non-NaN data).
+    Returns ``(m, win)`` with ``m`` of the views' shape and ``win`` bool of shape ``(len(views), *m.shape)``
+    (buffers of ``ws`` under ``stage`` when given); exactly one of ``win[:, idx]`` is True for every index
+    (for non-NaN data).
     """
-    m = np.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy()
+    shape = views[0].shape
+    m = take(ws, stage + "_max", shape, views[0].dtype)
+    win = take(ws, stage + "_win", (len(views),) + shape, np.bool_)
+    if len(views) == 1:
+        np.copyto(m, views[0])
+        win.fill(True)
+        return m, win
+    np.maximum(views[0], views[1], out=m)
     for v in views[2:]:
         np.maximum(m, v, out=m)
-    win = np.empty((len(views),) + m.shape, dtype=bool)
     if len(views) == 2:  # the common 2x2 case: one comparison instead of the general scan
         np.greater(views[1], views[0], out=win[1])  # strict: a tie stays with the first
         np.logical_not(win[1], out=win[0])
         return m, win
-    taken = np.zeros(m.shape, dtype=bool)
+    taken = take(ws, stage + "_taken", shape, np.bool_)
+    free = take(ws, stage + "_free", shape, np.bool_)
+    taken.fill(False)
     for k, v in enumerate(views):
         np.equal(v, m, out=win[k])
-        win[k] &= ~taken
-        taken |= win[k]
+        np.logical_not(taken, out=free)
+        np.logical_and(win[k], free, out=win[k])
+        np.logical_or(taken, win[k], out=taken)
     return m, win
 
 
-def maxpool_forward(x: np.ndarray, *, size: int = 2, stride: int = 2) -> tuple[np.ndarray, MaxPoolCache]:
+def maxpool_forward(x: np.ndarray, *, size: int = 2, stride: int = 2, ws: Workspace | None = None
+                    ) -> tuple[np.ndarray, MaxPoolCache]:
     """Max over ``size x size`` windows taken every ``stride`` pixels.
 
     Parameters
@@ -69,13 +82,16 @@ def maxpool_forward(x: np.ndarray, *, size: int = 2, stride: int = 2) -> tuple[n
         Window side, 1 <= size <= min(H, W).
     stride : int, default 2
         Step between windows, >= 1; ``stride < size`` gives overlapping windows.
+    ws : Workspace, optional
+        Write ``out`` and the winner masks into its buffers instead of new arrays
+        (:mod:`refdns.layers.workspace`).
 
     Returns
     -------
     out : ndarray, shape (N, C, OH, OW), dtype of x
         ``OH = (H - size) // stride + 1``, likewise OW.
     cache : MaxPoolCache
-        Winner masks (bool, new arrays); no reference to ``x``.
+        Winner masks (bool, new arrays unless ``ws``); no reference to ``x``.
     """
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
@@ -95,13 +111,13 @@ def maxpool_forward(x: np.ndarray, *, size: int = 2, stride: int = 2) -> tuple[n
     we = stride * (OW - 1) + 1
     xu = x[:, :, :HU]
     # Stage 1: max over the columns of each window, in every row a window touches: row_max (N, C, HU, OW).
-    row_max, col_win = _max_first_wins([xu[..., j : j + we : stride] for j in range(size)])
+    row_max, col_win = _max_first_wins([xu[..., j : j + we : stride] for j in range(size)], ws, "rows")
     # Stage 2: max of those row maxima over the rows of each window: out (N, C, OH, OW).
-    out, row_win = _max_first_wins([row_max[:, :, i : i + he : stride] for i in range(size)])
+    out, row_win = _max_first_wins([row_max[:, :, i : i + he : stride] for i in range(size)], ws, "out")
     return out, MaxPoolCache(col_win, row_win, (N, C, H, W), x.dtype, size, stride)
 
 
-def maxpool_backward(dout: np.ndarray, cache: MaxPoolCache) -> np.ndarray:
+def maxpool_backward(dout: np.ndarray, cache: MaxPoolCache, *, ws: Workspace | None = None) -> np.ndarray:
     """Route each window's gradient to the single element that won its forward max.
 
     Parameters
@@ -110,6 +126,8 @@ def maxpool_backward(dout: np.ndarray, cache: MaxPoolCache) -> np.ndarray:
         dL/dout.
     cache : MaxPoolCache
         From the matching :func:`maxpool_forward` call.
+    ws : Workspace, optional
+        Write ``dx`` into its buffers (:mod:`refdns.layers.workspace`).
 
     Returns
     -------
@@ -127,8 +145,10 @@ def maxpool_backward(dout: np.ndarray, cache: MaxPoolCache) -> np.ndarray:
     HU = col_win.shape[3]
     he = stride * (OH - 1) + 1
     we = stride * (OW - 1) + 1
-    drow = np.zeros((N, C, HU, OW), dtype=dtype)  # dL/d(row maxima)
-    dx = np.zeros((N, C, H, W), dtype=dtype)
+    drow = take(ws, "drow", (N, C, HU, OW), dtype)  # dL/d(row maxima)
+    dx = take(ws, "dx", (N, C, H, W), dtype)
+    drow.fill(0)
+    dx.fill(0)
     dxu = dx[:, :, :HU]
     if stride >= size:
         # Windows are disjoint: each offset's slice is written once, no accumulation needed.
@@ -137,8 +157,12 @@ def maxpool_backward(dout: np.ndarray, cache: MaxPoolCache) -> np.ndarray:
         for j in range(size):
             np.multiply(drow, col_win[j], out=dxu[..., j : j + we : stride])
     else:
+        tmp = take(ws, "tmp_out", dout.shape, dtype)
         for i in range(size):
-            drow[:, :, i : i + he : stride] += dout * row_win[i]
+            part = drow[:, :, i : i + he : stride]
+            np.add(part, np.multiply(dout, row_win[i], out=tmp), out=part)
+        tmp = take(ws, "tmp_rows", drow.shape, dtype)
         for j in range(size):
-            dxu[..., j : j + we : stride] += drow * col_win[j]
+            part = dxu[..., j : j + we : stride]
+            np.add(part, np.multiply(drow, col_win[j], out=tmp), out=part)
     return dx

@@ -31,6 +31,7 @@ from refdns.layers import (
     MaxPoolCache,
     SparseDenseCache,
     SparseWeight,
+    Workspace,
     conv2d_backward,
     conv2d_forward,
     dense_backward,
@@ -128,11 +129,13 @@ class OpKind:
     takes_sparse_weight: ClassVar[bool] = False  # its weight may come as a SparseWeight (refdns.effective)
     mlp_role: ClassVar[str | None] = None  # its place in the fused MLP kernel: "input", "affine", "relu"
 
-    def forward(self, op: Op, params: Params, x: np.ndarray) -> tuple[np.ndarray, Any]:
-        """``(out, cache)`` of the op on ``x`` with the effective ``params``."""
+    def forward(self, op: Op, params: Params, x: np.ndarray, *, ws: Workspace | None = None
+                ) -> tuple[np.ndarray, Any]:
+        """``(out, cache)`` of the op on ``x`` with the effective ``params``; results in ``ws``'s buffers when
+        given (:mod:`refdns.layers.workspace`)."""
         raise NotImplementedError
 
-    def backward(self, op: Op, dout: np.ndarray, cache: Any, *, need_dx: bool
+    def backward(self, op: Op, dout: np.ndarray, cache: Any, *, need_dx: bool, ws: Workspace | None = None
                  ) -> tuple[np.ndarray | None, Grads]:
         """``(dx, grads)``: dL/dx (None when not ``need_dx``) and dL/d(effective parameter)."""
         raise NotImplementedError
@@ -176,14 +179,17 @@ class Dense(OpKind):
     takes_sparse_weight = True
     mlp_role = "affine"
 
-    def forward(self, op, params, x):
+    def forward(self, op, params, x, *, ws=None):
         w = params[weight_key(op.name)]
-        layer_forward = sparse_dense_forward if isinstance(w, SparseWeight) else dense_forward
-        return layer_forward(x, w, params[bias_key(op.name)])
+        if isinstance(w, SparseWeight):
+            return sparse_dense_forward(x, w, params[bias_key(op.name)])
+        return dense_forward(x, w, params[bias_key(op.name)], ws=ws)
 
-    def backward(self, op, dout, cache, *, need_dx):
-        layer_backward = sparse_dense_backward if isinstance(cache, SparseDenseCache) else dense_backward
-        dx, dw, db = layer_backward(dout, cache, need_dx=need_dx)
+    def backward(self, op, dout, cache, *, need_dx, ws=None):
+        if isinstance(cache, SparseDenseCache):
+            dx, dw, db = sparse_dense_backward(dout, cache, need_dx=need_dx)
+        else:
+            dx, dw, db = dense_backward(dout, cache, need_dx=need_dx, ws=ws)
         return dx, _keyed(op, dw, db)
 
     def r_forward(self, op, params, vparams, x, rx, cache):
@@ -241,12 +247,12 @@ class Conv(OpKind):
     kind = "conv"
     has_params = True
 
-    def forward(self, op, params, x):
+    def forward(self, op, params, x, *, ws=None):
         w, b = params[weight_key(op.name)], params[bias_key(op.name)]
-        return conv2d_forward(x, w, b, stride=op.stride, pad=op.pad)
+        return conv2d_forward(x, w, b, stride=op.stride, pad=op.pad, ws=ws)
 
-    def backward(self, op, dout, cache, *, need_dx):
-        dx, dw, db = conv2d_backward(dout, cache, need_dx=need_dx)
+    def backward(self, op, dout, cache, *, need_dx, ws=None):
+        dx, dw, db = conv2d_backward(dout, cache, need_dx=need_dx, ws=ws)
         return dx, _keyed(op, dw, db)
 
     def r_forward(self, op, params, vparams, x, rx, cache):
@@ -308,15 +314,15 @@ def _conv_from_cols(cache: Conv2dCache, w: np.ndarray, b: np.ndarray) -> np.ndar
 
 
 class _PatternOp(OpKind):
-    def _backward(self, dout: np.ndarray, cache: Any) -> np.ndarray:
+    def _backward(self, dout: np.ndarray, cache: Any, ws: Workspace | None = None) -> np.ndarray:
         raise NotImplementedError
 
     def _tangent(self, rx: np.ndarray, cache: Any) -> np.ndarray:
         """The forward's derivative pattern applied to ``rx``."""
         raise NotImplementedError
 
-    def backward(self, op, dout, cache, *, need_dx):
-        return self._backward(dout, cache), {}
+    def backward(self, op, dout, cache, *, need_dx, ws=None):
+        return self._backward(dout, cache, ws), {}
 
     def r_forward(self, op, params, vparams, x, rx, cache):
         return (None if rx is None else self._tangent(rx, cache)), None  # R{x} = 0 stays an exact zero
@@ -333,11 +339,11 @@ class MaxPool(_PatternOp):
 
     kind = "pool"
 
-    def forward(self, op, params, x):
-        return maxpool_forward(x, size=op.size, stride=op.stride)
+    def forward(self, op, params, x, *, ws=None):
+        return maxpool_forward(x, size=op.size, stride=op.stride, ws=ws)
 
-    def _backward(self, dout, cache):
-        return maxpool_backward(dout, cache)
+    def _backward(self, dout, cache, ws=None):
+        return maxpool_backward(dout, cache, ws=ws)
 
     def _tangent(self, rx, cache):
         return _maxpool_select(rx, cache)
@@ -364,11 +370,11 @@ class Relu(_PatternOp):
     kind = "relu"
     mlp_role = "relu"
 
-    def forward(self, op, params, x):
-        return relu_forward(x)
+    def forward(self, op, params, x, *, ws=None):
+        return relu_forward(x, ws=ws)
 
-    def _backward(self, dout, cache):
-        return relu_backward(dout, cache)
+    def _backward(self, dout, cache, ws=None):
+        return relu_backward(dout, cache, ws=ws)
 
     def _tangent(self, rx, cache):
         return relu_backward(rx, cache)  # R{max(x, 0)} = R{x} * (x > 0): the same mask as backward
@@ -383,10 +389,10 @@ class Flatten(_PatternOp):
     kind = "flatten"
     mlp_role = "input"
 
-    def forward(self, op, params, x):
-        return flatten_forward(x)
+    def forward(self, op, params, x, *, ws=None):
+        return flatten_forward(x)  # a view: nothing to keep
 
-    def _backward(self, dout, cache):
+    def _backward(self, dout, cache, ws=None):
         return flatten_backward(dout, cache)
 
     def _tangent(self, rx, cache):

@@ -18,11 +18,12 @@ skips the pruned entries and returns the same gradients to float rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from refdns.layers import softmax_cross_entropy
+from refdns.layers import Workspace, softmax_cross_entropy
 from refdns.nets.ops import OP_KINDS, OPS, PARAM_KINDS, Op, bias_key, param_key, weight_key
 
 __all__ = [
@@ -54,9 +55,13 @@ class NetSpec:
     n_classes: int
     ops: tuple[Op, ...]
 
-    @property
+    @cached_property
     def layers(self) -> tuple[Op, ...]:
-        """The parametric ops (the ones with weights, masks and Caffe names), in order."""
+        """The parametric ops (the ones with weights, masks and Caffe names), in order.
+
+        Computed once per spec: every training step asks for it, and a tuple built from a generator each
+        time would leave one more tuple on CPython's free list per step (a page fault every ~30 steps).
+        """
         return tuple(op for op in self.ops if OPS[op.kind].has_params)
 
     @property
@@ -123,7 +128,8 @@ def check_params(spec: NetSpec, params: dict[str, np.ndarray]) -> None:
 
 
 def forward(
-    spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, *, keep_outputs: bool = False
+    spec: NetSpec, params: dict[str, np.ndarray], x: np.ndarray, *, keep_outputs: bool = False,
+    ws: Workspace | None = None,
 ) -> tuple[np.ndarray, ForwardCache]:
     """Logits for a batch.
 
@@ -137,6 +143,9 @@ def forward(
         MLPs flatten it themselves (their first op is ``flatten``).
     keep_outputs : bool
         Also keep every op's output in the cache (golden traces and studies want activations).
+    ws : Workspace, optional
+        Keep outputs and caches in its buffers (one child per op) instead of new arrays, so that repeated
+        calls allocate nothing (:mod:`refdns.layers.workspace`); the next call overwrites them.
 
     Returns
     -------
@@ -148,34 +157,37 @@ def forward(
     caches = []
     outputs = []
     h = x
-    for op in spec.ops:
-        h, c = OPS[op.kind].forward(op, params, h)
+    for i, op in enumerate(spec.ops):
+        h, c = OPS[op.kind].forward(op, params, h, ws=None if ws is None else ws.child(i))
         caches.append(c)
         if keep_outputs:
             outputs.append(h)
     return h, ForwardCache(tuple(caches), tuple(outputs))
 
 
-def backward(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache) -> dict[str, np.ndarray]:
+def backward(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache, *, ws: Workspace | None = None
+             ) -> dict[str, np.ndarray]:
     """dL/d(effective parameter) for every parameter, keyed like ``params``.
 
     The gradient with respect to the network input is never formed (nothing needs it), which saves the
-    largest GEMM of the first layer.
+    largest GEMM of the first layer. With ``ws`` (the one the forward used) the gradients live in its
+    buffers until the next call.
     """
     grads: dict[str, np.ndarray] = {}
-    for _, _, op_grads in _backward_steps(spec, dlogits, cache):
+    for _, _, op_grads in _backward_steps(spec, dlogits, cache, ws):
         grads.update(op_grads)
     return {k: grads[k] for k in spec.param_shapes()}
 
 
-def _backward_steps(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache):
+def _backward_steps(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache, ws: Workspace | None = None):
     """The backward pass, one op at a time from the last: yields ``(i, dL/d(output of op i), op_grads)``."""
     d = dlogits
     first = spec.first_layer_index
     for i in range(len(spec.ops) - 1, first - 1, -1):
         op = spec.ops[i]
         d_out = d
-        d, op_grads = OPS[op.kind].backward(op, d, cache.op_caches[i], need_dx=i != first)
+        d, op_grads = OPS[op.kind].backward(op, d, cache.op_caches[i], need_dx=i != first,
+                                            ws=None if ws is None else ws.child(i))
         yield i, d_out, op_grads
 
 
@@ -202,8 +214,9 @@ def predict(
 ) -> np.ndarray:
     """Top-1 class of every image, in batches so the whole test set fits comfortably in memory."""
     out = np.empty(len(x), dtype=np.int64)
+    ws = Workspace()  # one set of activation buffers for every batch: the peak is one batch's forward
     for s in range(0, len(x), batch_size):
-        logits, _ = forward(spec, params, x[s : s + batch_size])
+        logits, _ = forward(spec, params, x[s : s + batch_size], ws=ws)
         out[s : s + batch_size] = logits.argmax(axis=1)
     return out
 

@@ -6,7 +6,8 @@ every page of it faults on first touch: a LeNet-5 step used to cost about 2,100 
 allocator tuning. Every array the step needs now lives in the run's buffers (refdns.layers.workspace,
 refdns.effective, the batch gather in refdns.train), so after warm-up the count is exactly zero.
 
-The count runs in a fresh interpreter, so no other test's process-wide allocator setting
+The count is taken between two steps of one ``train()`` call (through ``on_step``), so what a call does
+once on entry (progress and history records) is not counted as a step's. It runs in a fresh interpreter, so no other test's process-wide allocator setting
 (refdns.perf.tune_malloc) can hide a fault. It counts faults, not time: it cannot be flaky through load.
 Small Python objects (ints, tuples, the grads dict) come from pymalloc pools that steady-state reuses, as
 long as nothing creeps: a tuple built from a generator every step (``NetSpec.layers`` was one) leaves one
@@ -38,10 +39,16 @@ out = {}
 for net in nets:
     cfg = TrainConfig(iterations=warm + steps, test_interval=0, display_interval=10_000)
     state = new_run(get_spec(net), len(x), cfg, seed=0)
-    train(state, x, y, cfg, until=warm)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    train(state, x, y, cfg, until=warm + steps)
-    out[net] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    marks = [0, 0]  # fault counts after step `warm` and after step `warm + steps`, inside one train() call
+
+    def on_step(st, loss, lr):
+        if st.iteration == warm:
+            marks[0] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        elif st.iteration == warm + steps:
+            marks[1] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    train(state, x, y, cfg, on_step=on_step)
+    out[net] = marks[1] - marks[0]
 print(json.dumps(out))
 """
 

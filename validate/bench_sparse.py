@@ -1,15 +1,17 @@
 """Benchmark: pruned LeNets at batch 1, 64 and 10,000 - dense NumPy vs scipy CSR vs refdns kernels vs torch.sparse.
 
 All backends run in one process on the same real MNIST test images and the same effective weights
-``w * mask``; each figure is the median (and min) over ``--reps`` repetitions of a timed loop of calls
+``w * mask``; each figure is the median (and min) over the repetitions of a timed loop of calls
 (batch 1 cycles through 64 different images, since skipping zero activations depends on the image),
-after warm-up (Numba compilation, BLAS buffers). Backends:
+after warm-up (Numba compilation, BLAS buffers). The repetitions are interleaved round-robin over the
+backends, so that a change in the load of a shared machine hits every backend alike. Backends:
 
 - ``dense``: refdns's dense forward (NumPy, im2col convolution; BLAS with its default threads).
 - ``scipy``: ``scipy.sparse.csr_matrix`` per layer, activations feature-major (D, N); LeNet-5's convolutions
   as CSR filters times an im2col matrix, max-pool from refdns.
-- ``refdns``: :class:`refdns.sparse.SparseNet` with serial kernels (fused MLP at batch 1, layer by layer
-  otherwise); ``refdns-par``: the Numba-parallel kernels. Both run inside ``threadpool_limits(1, "blas")``
+- ``refdns``: :class:`refdns.sparse.SparseNet` with serial kernels and its default paths (MLPs: the
+  per-sample fused kernel at batch 1, the tiled whole-MLP kernel otherwise; LeNet-5 layer by layer);
+  ``refdns-par``: the Numba-parallel variants of the same kernels. Both run inside ``threadpool_limits(1, "blas")``
   so no BLAS worker competes with Numba threads.
 - ``torch``: ``torch.sparse.mm`` with CSR tensors (and ``F.unfold`` for convolutions), when PyTorch is installed.
 - ``dense-1t`` / ``torch-1t``: the same with one BLAS / one PyTorch thread. On a loaded 2-core machine a
@@ -61,9 +63,9 @@ TARGETS = {"lenet-300-100": {"dense": {1: 4.0, 10_000: 5.0}, "scipy": 1.5, "torc
            "lenet-5": {"dense": 2.0}}
 
 
-def timed(fn, inputs, *, reps: int, inner: int) -> tuple[list[float], list[float]]:
+def timed(fn, inputs, *, reps: int, inner: int, warm: bool = True) -> tuple[list[float], list[float]]:
     """(wall seconds, process CPU seconds) per call, one figure per repetition; inputs used round-robin."""
-    for i in range(min(3, len(inputs))):
+    for i in range(min(3, len(inputs)) if warm else 0):
         fn(inputs[i])
     wall, cpu = [], []
     k = 0
@@ -195,10 +197,20 @@ def bench_checkpoint(path: str, x_all: np.ndarray, batches, reps: int) -> dict:
             inner = max(1, 2000 // n) if n < 1000 else 1
         want = forward(spec, params, inputs[0])[0].argmax(axis=1)
         row = {"batch": n, "ms": {}, "ms_min": {}, "ms_all": {}, "agree": {}}
-        for name, (fn, ctx) in backends.items():
+        walls = {name: [] for name in backends}
+        cpus = {name: [] for name in backends}
+        for name, (fn, ctx) in backends.items():  # warm-up (compilation, buffers) and the top-1 check
             with ctx():
-                ts, cpu = timed(fn, inputs, reps=reps, inner=inner)
+                timed(fn, inputs, reps=1, inner=1)
                 row["agree"][name] = bool(np.array_equal(np.asarray(fn(inputs[0])).argmax(axis=1), want))
+        for _ in range(reps):  # round-robin: a change in the machine's load hits every backend alike
+            for name, (fn, ctx) in backends.items():
+                with ctx():
+                    ts, cpu = timed(fn, inputs, reps=1, inner=inner, warm=False)
+                walls[name] += ts
+                cpus[name] += cpu
+        for name in backends:
+            ts, cpu = walls[name], cpus[name]
             print(f"  {spec.name} batch {n:>6,} {name:<10} {1e3 * statistics.median(ts):10.4g} ms", file=sys.stderr,
                   flush=True)
             row["ms"][name] = 1e3 * statistics.median(ts)

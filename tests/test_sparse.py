@@ -202,8 +202,9 @@ def test_infer_cli_sparse_and_dense_agree(rng, tmp_path):
     out = {}
     for mode in ("dense", "sparse"):
         argv = ["infer", str(path), "--data-dir", str(d), "--json", str(tmp_path / f"{mode}.json")]
-        assert main(argv + (["--sparse"] if mode == "sparse" else [])) == 0
+        assert main(argv + (["--sparse", "--threads", "1"] if mode == "sparse" else [])) == 0
         out[mode] = json.loads((tmp_path / f"{mode}.json").read_text())
+    assert out["dense"]["threads"] == out["sparse"]["threads"] == 1  # the default, and the flag
     assert out["sparse"]["predictions_sha256"] == out["dense"]["predictions_sha256"]
     assert out["sparse"]["test_error"] == out["dense"]["test_error"]
     assert 0.0 <= out["dense"]["test_error"] <= 1.0 and out["dense"]["n_test"] == 10_000

@@ -177,7 +177,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "bench_threads.md"), metavar="FILE")
     args = ap.parse_args()
     reps = args.reps or (1 if args.quick else 3)
-    iters = {"lenet-300-100": 100 if args.quick else 200, "lenet-5": 30 if args.quick else 60}
+    iters = {"lenet-300-100": 100 if args.quick else 150, "lenet-5": 30 if args.quick else 40}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         cmds = make_inputs(folder, args.data_dir, iters)

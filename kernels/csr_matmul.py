@@ -26,101 +26,155 @@ TILE = 256
 
 
 @njit(cache=True)
-def _tile(indptr, indices, data, x, xo, bias, relu, out, oo, T, live):
-    """Columns [xo, xo + T) of x (D, *) into columns [oo, oo + T) of out (M, *).
+def _tile(indptr, indices, data, rows, scan, x, xo, bias, relu, out, oo, T, live):
+    """Columns [xo, xo + T) of x (R, *) into columns [oo, oo + T) of out (M, *).
 
-    ``live[j]`` records whether input row j has any non-zero in this tile: a unit that is zero for every
-    sample of the tile (MNIST's border pixels, a ReLU unit dead for all of them) is skipped, the batched
-    form of skipping zero activations.
+    Input j of W is row ``rows[j]`` of x (the identity for feature-major input; the packed position of j
+    among the inputs W reads for a gathered tile). ``live[r]`` records whether x row r has any non-zero in
+    this tile (only the rows in ``scan``, the ones W reads, are looked at): a unit that is zero for every
+    sample of the tile (a ReLU unit dead for all of them) is skipped, the batched form of skipping zero
+    activations.
+
+    Both arrays are addressed flat with unsigned offsets: Numba then emits no negative-index wraparound
+    select in the inner loops and LLVM vectorises them (measured 80 -> 38 us of process CPU time for
+    LeNet-300-100's ip1 at batch 64).
     """
-    D = x.shape[0]
-    for j in range(D):
-        src = x[j, xo : xo + T]
+    XW = x.shape[1]
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    uxw = np.uint64(XW)
+    un = np.uint64(out.shape[1])
+    ut = np.uint64(T)
+    uxo = np.uint64(xo)
+    uoo = np.uint64(oo)
+    for r in scan:
+        base = np.uint64(r) * uxw + uxo
         flag = False
-        for n in range(T):
-            if src[n] != 0.0:
+        for n in range(ut):
+            if xf[base + n] != 0.0:
                 flag = True
                 break
-        live[j] = flag
+        live[r] = flag
     M = indptr.shape[0] - 1
-    js = np.empty(4, dtype=np.int64)
-    vs = np.empty(4, dtype=data.dtype)
+    offs = np.zeros(4, dtype=np.uint64)
+    vs = np.zeros(4, dtype=data.dtype)  # padding weights stay exactly 0
     for m in range(M):
-        row = out[m, oo : oo + T]
-        row[:] = bias[m]
+        mo = np.uint64(m) * un + uoo
+        bm = bias[m]
+        first = True
         k = indptr[m]
         end = indptr[m + 1]
-        while k < end:
-            # Four live weights of row m per sweep over the tile: one load and store of the output row
-            # per four products instead of per product (the sweep is load/store bound, not FMA bound).
+        while True:
+            # Up to four live weights of row m per sweep over the tile: one load and store of the output row
+            # per four products (the sweep is load/store bound, not FMA bound). A short group is padded with
+            # zero weights on an input row already in cache, so every sweep is the same 4-wide loop; bias
+            # and ReLU ride on the first and last sweep.
             cnt = 0
             while k < end and cnt < 4:
-                j = indices[k]
-                if live[j]:
-                    js[cnt] = j
+                r = rows[indices[k]]
+                if live[r]:
+                    offs[cnt] = np.uint64(r) * uxw + uxo
                     vs[cnt] = data[k]
                     cnt += 1
                 k += 1
-            if cnt == 4:
-                v0, v1, v2, v3 = vs[0], vs[1], vs[2], vs[3]
-                s0 = x[js[0], xo : xo + T]
-                s1 = x[js[1], xo : xo + T]
-                s2 = x[js[2], xo : xo + T]
-                s3 = x[js[3], xo : xo + T]
-                for n in range(T):
-                    row[n] += v0 * s0[n] + v1 * s1[n] + v2 * s2[n] + v3 * s3[n]
+            if cnt == 0:
+                if first:  # no live weight in the row: bias (and ReLU) only
+                    bv = max(bm, 0.0) if relu else bm
+                    for n in range(ut):
+                        of[mo + n] = bv
+                elif relu:  # the row's last weights were dead: the ReLU sweep is still to do
+                    for n in range(ut):
+                        if of[mo + n] < 0.0:
+                            of[mo + n] = 0.0
+                break
+            for c in range(cnt, 4):
+                offs[c] = offs[0]
+                vs[c] = 0.0
+            o0, o1, o2, o3 = offs[0], offs[1], offs[2], offs[3]
+            v0, v1, v2, v3 = vs[0], vs[1], vs[2], vs[3]
+            if first:
+                for n in range(ut):
+                    of[mo + n] = bm + (v0 * xf[o0 + n] + v1 * xf[o1 + n] + v2 * xf[o2 + n] + v3 * xf[o3 + n])
             else:
-                for c in range(cnt):
-                    v = vs[c]
-                    src = x[js[c], xo : xo + T]
-                    for n in range(T):
-                        row[n] += v * src[n]
-        if relu:
-            for n in range(T):
-                if row[n] < 0.0:
-                    row[n] = 0.0
+                for n in range(ut):
+                    of[mo + n] += v0 * xf[o0 + n] + v1 * xf[o1 + n] + v2 * xf[o2 + n] + v3 * xf[o3 + n]
+            first = False
+            if k >= end:
+                if relu:
+                    for n in range(ut):
+                        if of[mo + n] < 0.0:
+                            of[mo + n] = 0.0
+                break
 
 
 @njit(cache=True)
-def _gather(x, t0, T, buf):
-    """buf[:, :T] = x[t0:t0 + T].T in blocks of 16 features (reads contiguous, writes within L1-sized runs)."""
-    D = x.shape[1]
-    for jb in range(0, D, 16):
-        je = min(jb + 16, D)
-        for n in range(T):
-            src = x[t0 + n]
-            for j in range(jb, je):
-                buf[j, n] = src[j]
+def _gather(x, t0, T, cols, buf):
+    """buf[u, :T] = x[t0:t0 + T, cols[u]]: only the inputs W reads, transposed in blocks of 16 samples (each
+    write run is one cache line; the 16 source rows stay in L1). Flat unsigned addressing, as in _tile."""
+    D = np.uint64(x.shape[1])
+    xf = x.reshape(x.size)
+    bf = buf.reshape(buf.size)
+    bw = np.uint64(buf.shape[1])
+    U = cols.shape[0]
+    for nb in range(0, T, 16):
+        ne = min(nb + 16, T)
+        for u in range(U):
+            col = np.uint64(cols[u])
+            dst = np.uint64(u) * bw
+            for n in range(nb, ne):
+                bf[dst + np.uint64(n)] = xf[np.uint64(t0 + n) * D + col]
 
 
 @njit(cache=True)
-def _chunk(indptr, indices, data, x, sample_major, bias, relu, out, c, n_chunks, buf):
+def _used(indices, D):
+    """(cols, rows): the sorted distinct columns W reads, and each column's position among them (-1: unused)."""
+    seen = np.zeros(D, dtype=np.bool_)
+    for j in indices:
+        seen[j] = True
+    cols = np.flatnonzero(seen)
+    rows = np.full(D, -1, dtype=np.int64)
+    for u in range(cols.shape[0]):
+        rows[cols[u]] = u
+    return cols, rows
+
+
+@njit(cache=True)
+def _chunk(indptr, indices, data, x, sample_major, cols, rows, bias, relu, out, c, n_chunks, buf):
     """Tiles c, c + n_chunks, c + 2 n_chunks, ...; ``buf`` (D, >= min(TILE, N)) is this chunk's scratch."""
     N = out.shape[1]
-    D = x.shape[1] if sample_major else x.shape[0]
-    live = np.empty(D, dtype=np.bool_)
+    live = np.zeros(buf.shape[0] if sample_major else x.shape[0], dtype=np.bool_)
     n_tiles = (N + TILE - 1) // TILE
+    if sample_major:
+        scan = np.arange(cols.shape[0])
     for t in range(c, n_tiles, n_chunks):
         t0 = t * TILE
         T = min(TILE, N - t0)
         if sample_major:
-            _gather(x, t0, T, buf)
-            _tile(indptr, indices, data, buf, 0, bias, relu, out, t0, T, live)
+            _gather(x, t0, T, cols, buf)
+            _tile(indptr, indices, data, rows, scan, buf, 0, bias, relu, out, t0, T, live)
         else:
-            _tile(indptr, indices, data, x, t0, bias, relu, out, t0, T, live)
+            _tile(indptr, indices, data, rows, cols, x, t0, bias, relu, out, t0, T, live)
 
 
 @njit(cache=True)
 def _matmul_kernel(indptr, indices, data, x, sample_major, bias, relu, buf, out):
-    _chunk(indptr, indices, data, x, sample_major, bias, relu, out, 0, 1, buf[0])
+    D = x.shape[1] if sample_major else x.shape[0]
+    cols, rows = _used(indices, D)
+    if not sample_major:
+        rows = np.arange(D)
+    _chunk(indptr, indices, data, x, sample_major, cols, rows, bias, relu, out, 0, 1, buf[0])
 
 
 @njit(cache=True, parallel=True)
 def _matmul_parallel_kernel(indptr, indices, data, x, sample_major, bias, relu, buf, out):
     # Tiles are independent, so the result does not depend on the number of chunks (buf.shape[0]).
+    D = x.shape[1] if sample_major else x.shape[0]
+    cols, rows = _used(indices, D)
+    if not sample_major:
+        rows = np.arange(D)
     n_chunks = buf.shape[0]
     for c in prange(n_chunks):
-        _chunk(indptr, indices, data, x, sample_major, bias, relu, out, c, n_chunks, buf[c])
+        _chunk(indptr, indices, data, x, sample_major, cols, rows, bias, relu, out, c, n_chunks, buf[c])
 
 
 def workspace(n_in: int, n: int, n_chunks: int = 1, dtype=np.float32, *, sample_major: bool = True) -> np.ndarray:

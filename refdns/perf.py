@@ -57,7 +57,11 @@ def limit_threads(threads: int):
     a different count, so the same seed gives bit-different weights (see the README's "What is
     bit-reproducible"). On the 2-core development machine 1 thread was also the fastest for these small
     products: 2,000 LeNet-300-100 iterations took 18.7 s with 1 BLAS thread and 166.5 s with 2 on a busy
-    machine, hence the default of 1.
+    machine, hence the default of 1. ``validate/bench_threads.py`` measures the default against each explicit
+    setting (train and infer, LeNet-300-100 and LeNet-5, on the machine as it is and beside a busy loop it
+    starts); there --threads 2 lost to the default everywhere (100 LeNet-300-100 iterations 3.2 s against
+    78 s, 30 LeNet-5 iterations 21 s against 57 s, dense LeNet-5 inference 14 s against 20 s, load average 6
+    on 2 cores; validate/results/bench_threads.md).
     """
     import numba
     from threadpoolctl import threadpool_limits

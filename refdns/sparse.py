@@ -32,6 +32,9 @@ from refdns.errors import NonFiniteError, SparseFormatError
 from refdns.kernels import check_csr
 from refdns.kernels.csr_matmul import TILE, workspace
 from refdns.kernels.mlp_fused import mlp_forward_fused, pack_mlp
+from refdns.kernels.mlp_tiled import TILE as MLP_TILE
+from refdns.kernels.mlp_tiled import mlp_forward_tiled, pack_mlp_tiled
+from refdns.kernels.mlp_tiled import workspace as mlp_workspace
 from refdns.nets.ops import OPS, SparseAct, bias_key, weight_key
 from refdns.nets.sequential import NetSpec, check_params
 
@@ -253,11 +256,13 @@ class SparseNet:
 
     - ``"fused"`` (MLPs only): :func:`refdns.kernels.mlp_fused.mlp_forward_fused` - every layer of a sample
       in one kernel call, zero activations skipped. The default at batch 1.
+    - ``"tiled"`` (MLPs only): :func:`refdns.kernels.mlp_tiled.mlp_forward_tiled` - every layer of a tile of
+      samples in one kernel call, the batch in the inner loop. The default for MLPs at batches > 1.
     - ``"layers"``: op by op, each op's ``sparse_forward`` from the op table :data:`refdns.nets.ops.OPS` -
       :func:`~refdns.kernels.sparse_conv.sparse_conv2d` for conv (with the following max-pool fused in when
       its size equals its stride; otherwise the max-pool of :mod:`refdns.layers`),
       :func:`~refdns.kernels.csr_matmul.csr_matmul` with feature-major activations for dense layers (ReLU
-      fused into the product). The default for batches > 1.
+      fused into the product). The default for other nets at batches > 1.
 
     The kernels run serially unless ``parallel=True`` is passed to :meth:`forward`: their Numba-parallel
     variants give bit-identical results but never beat the serial ones on the two-core machine refdns was
@@ -277,10 +282,12 @@ class SparseNet:
         self.layers = {la.name: la for la in layers}
         self.is_mlp = _is_mlp(spec)
         self._buffers: dict[tuple, np.ndarray] = {}
-        self.packed = None
+        self.packed = self.tiled = None
         if self.is_mlp:
             t = [la.csr.transpose() for la in layers]
             self.packed = pack_mlp([(c.indptr, c.indices, c.data, la.bias) for c, la in zip(t, layers)])
+            self.tiled = pack_mlp_tiled([(la.csr.indptr, la.csr.indices, la.csr.data, la.bias) for la in layers],
+                                        n_in=int(np.prod(spec.input_shape)))
 
     @classmethod
     def from_params(cls, spec: NetSpec, params: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None
@@ -298,7 +305,7 @@ class SparseNet:
         Parameters
         ----------
         x : ndarray, shape (N, C, H, W), float32
-        path : "fused", "layers" or None (fused at batch 1 for MLPs, else layers)
+        path : "fused", "tiled", "layers" or None (MLPs: fused at batch 1, else tiled; other nets: layers)
         parallel : bool
             Run the kernels' Numba-parallel variants (bit-identical results). Serial by default: the parallel
             ones never beat serial on two cores.
@@ -318,13 +325,20 @@ class SparseNet:
             raise ValueError(f"x has shape {x.shape}, expected (N, {', '.join(map(str, self.spec.input_shape))})")
         n = x.shape[0]
         if path is None:
-            path = "fused" if self.is_mlp and n == 1 else "layers"
+            path = ("fused" if n == 1 else "tiled") if self.is_mlp else "layers"
+        if path in ("fused", "tiled") and not self.is_mlp:
+            raise ValueError(f"path={path!r} needs an MLP; {self.spec.name} has other ops")
         if path == "fused":
-            if not self.is_mlp:
-                raise ValueError(f"path='fused' needs an MLP; {self.spec.name} has other ops")
             return mlp_forward_fused(self.packed, x.reshape(n, -1), parallel=bool(parallel))
+        if path == "tiled":
+            chunks = numba.get_num_threads() if parallel else 1
+            key = ("tiled", min(n, MLP_TILE), chunks)
+            buf = self._buffers.get(key)
+            if buf is None:
+                self._buffers[key] = buf = mlp_workspace(self.tiled, n, chunks)
+            return mlp_forward_tiled(self.tiled, x.reshape(n, -1), parallel=bool(parallel), scratch=buf)
         if path != "layers":
-            raise ValueError(f"path={path!r} must be 'fused', 'layers' or None")
+            raise ValueError(f"path={path!r} must be 'fused', 'tiled', 'layers' or None")
         if not np.isfinite(x).all():
             bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
             raise NonFiniteError(f"x holds NaN or Inf (first at {bad})", where="x")

@@ -125,7 +125,8 @@ def test_sparse_net_from_checkpoint_matches_dense(name, rng, tmp_path):
     x = rng.random((5, 1, 28, 28)).astype(np.float32)
     x[x < 0.6] = 0  # MNIST-like: mostly background
     want, _ = forward(state.spec, effective_params(state.params, state.masks), x)
-    paths = [("layers", False), ("layers", True)] + ([("fused", False), ("fused", True)] if net.is_mlp else [])
+    mlp_paths = [("fused", False), ("fused", True), ("tiled", False), ("tiled", True)]
+    paths = [("layers", False), ("layers", True)] + (mlp_paths if net.is_mlp else [])
     for path_, par in paths:
         got = net.forward(x, path=path_, parallel=par)
         assert got.shape == (5, 10)
@@ -147,13 +148,13 @@ def test_sparse_net_runs_serial_kernels_unless_asked(rng, monkeypatch):
         return wrapper
 
     for module, name in ((refdns.nets.ops, "csr_matmul"), (refdns.nets.ops, "sparse_conv2d"),
-                         (refdns.sparse, "mlp_forward_fused")):
+                         (refdns.sparse, "mlp_forward_fused"), (refdns.sparse, "mlp_forward_tiled")):
         monkeypatch.setattr(module, name, spy(getattr(module, name)))
     x = rng.random((128, 1, 28, 28)).astype(np.float32)  # past the batch at which parallel used to start
     for name in ("lenet-300-100", "lenet-5"):
         state = pruned_state(name, rng, 0.05)
         net = SparseNet.from_params(state.spec, state.params, state.masks)
-        paths = ("layers", "fused") if net.is_mlp else ("layers",)
+        paths = ("layers", "fused", "tiled", None) if net.is_mlp else ("layers", None)
         for path in paths:
             seen.clear()
             serial = net.forward(x, path=path)
@@ -172,15 +173,16 @@ def test_sparse_net_refuses_bad_input(rng):
     with pytest.raises(TypeError, match="float32"):
         net.forward(x.astype(np.float64))
     x[1, 0, 3, 4] = np.inf
-    for path in ("fused", "layers"):
+    for path in ("fused", "tiled", "layers"):
         with pytest.raises(NonFiniteError):
             net.forward(x, path=path)
     with pytest.raises(ValueError, match="path"):
         net.forward(x[:1] * 0, path="bogus")
     lenet5 = pruned_state("lenet-5", rng, 0.05)
-    with pytest.raises(ValueError, match="needs an MLP"):
-        SparseNet.from_params(lenet5.spec, lenet5.params, lenet5.masks).forward(
-            np.zeros((1, 1, 28, 28), np.float32), path="fused")
+    for path in ("fused", "tiled"):
+        with pytest.raises(ValueError, match="needs an MLP"):
+            SparseNet.from_params(lenet5.spec, lenet5.params, lenet5.masks).forward(
+                np.zeros((1, 1, 28, 28), np.float32), path=path)
     bad_masks = dict(state.masks, **{"ip1.weight": state.masks["ip1.weight"][:, :10]})
     with pytest.raises(SparseFormatError, match="mask shapes"):
         export_csr(state.spec, state.params, bad_masks)
@@ -200,8 +202,9 @@ def test_infer_cli_sparse_and_dense_agree(rng, tmp_path):
     out = {}
     for mode in ("dense", "sparse"):
         argv = ["infer", str(path), "--data-dir", str(d), "--json", str(tmp_path / f"{mode}.json")]
-        assert main(argv + (["--sparse"] if mode == "sparse" else [])) == 0
+        assert main(argv + (["--sparse", "--threads", "1"] if mode == "sparse" else [])) == 0
         out[mode] = json.loads((tmp_path / f"{mode}.json").read_text())
+    assert out["dense"]["threads"] == out["sparse"]["threads"] == 1  # the default, and the flag
     assert out["sparse"]["predictions_sha256"] == out["dense"]["predictions_sha256"]
     assert out["sparse"]["test_error"] == out["dense"]["test_error"]
     assert 0.0 <= out["dense"]["test_error"] <= 1.0 and out["dense"]["n_test"] == 10_000

@@ -12,6 +12,7 @@ from refdns.atomic import check_inputs, check_outputs
 from refdns.cli.common import POSITIVE, _data_args, _floats, _output_args, write_json
 from refdns.errors import ConfigError
 from refdns.netfiles import load_net
+from refdns.perf import limit_threads
 from refdns.pipeline import layer_table, load_data
 
 
@@ -57,17 +58,18 @@ def cmd_infer(args) -> int:
     st = ck = load_net(args.checkpoint)  # checkpoint or .rdc (by magic): has .spec/.params/.masks/.method
     x_test, y_test = load_mnist("test", dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download)
     storage = None
-    if args.sparse:
-        net = SparseNet.from_params(st.spec, st.params, st.masks)
-        storage = net.storage()
-        net.predict(x_test[:2], batch_size=1)  # compile (or load the cached kernels) outside the timing
-        t0 = time.perf_counter()
-        pred = net.predict(x_test, batch_size=args.batch_size)
-    else:
-        params = effective_params(st.params, st.masks)
-        t0 = time.perf_counter()
-        pred = predict(st.spec, params, x_test, batch_size=args.batch_size)
-    seconds = time.perf_counter() - t0
+    with limit_threads(args.threads):
+        if args.sparse:
+            net = SparseNet.from_params(st.spec, st.params, st.masks)
+            storage = net.storage()
+            net.predict(x_test[:2], batch_size=1)  # compile (or load the cached kernels) outside the timing
+            t0 = time.perf_counter()
+            pred = net.predict(x_test, batch_size=args.batch_size)
+        else:
+            params = effective_params(st.params, st.masks)
+            t0 = time.perf_counter()
+            pred = predict(st.spec, params, x_test, batch_size=args.batch_size)
+        seconds = time.perf_counter() - t0
     test_error = float(np.mean(pred != y_test))
     mode = "sparse" if args.sparse else "dense"
     if storage is not None:
@@ -79,6 +81,7 @@ def cmd_infer(args) -> int:
         out = {"net": st.spec.name, "checkpoint": str(args.checkpoint), "method": ck.method, "mode": mode,
                "dataset": args.dataset, "test_error": test_error, "n_test": int(len(y_test)),
                "errors": int(np.sum(pred != y_test)), "seconds": seconds, "batch_size": args.batch_size,
+               "threads": args.threads,
                "predictions_sha256": hashlib.sha256(pred.astype("<i8").tobytes()).hexdigest()}
         if storage is not None:
             out["storage"] = storage
@@ -146,6 +149,8 @@ def add_commands(command, nets) -> None:
     p.add_argument("--sparse", action="store_true",
                    help="run the CSR kernels on w * mask (and print the storage report) instead of dense NumPy")
     p.add_argument("--batch-size", type=POSITIVE, default=1000, help="images per forward pass")
+    p.add_argument("--threads", type=POSITIVE, default=1, help="BLAS and Numba threads (1 was within 10%% of the "
+                   "fastest setting on 2 cores, quiet or loaded: validate/results/bench_threads.md)")
     _output_args(p, json_help="also write test_error (a fraction) and the figures as JSON")
     _data_args(p)
     p = command("report", cmd_report, "figures of a run (PNGs and one HTML page): density, churn, error, |w| "

@@ -51,13 +51,21 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="short runs, 2 seeds (smoke test)")
     ap.add_argument("--nets", default="lenet-300-100")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seed-list", help="run these seeds (e.g. 3,4) instead of 0..--seeds-1: split a study over "
+                    "processes, then --merge their JSON files")
+    ap.add_argument("--dense-iterations", type=int, default=10_000)
+    ap.add_argument("--stem", default=None, help="results file name (default dsd, dsd_quick with --quick)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: join these results files' runs "
+                    "(same settings) into one table")
     ap.add_argument("--sparsity", type=float, default=0.3)
     ap.add_argument("--phase-iterations", type=int, default=5_000, help="length of the S and of the D phase")
     ap.add_argument("--data-dir", default=os.environ.get("REFDNS_DATA"))
     ap.add_argument("--out-dir", default=str(RESULTS))
     args = ap.parse_args(argv)
-    seeds = 2 if args.quick else args.seeds
-    dense_iters = 500 if args.quick else 10_000
+    seed_list = [int(v) for v in args.seed_list.split(",")] if args.seed_list else None
+    seeds = 2 if args.quick else len(seed_list) if seed_list else args.seeds
+    seed_list = seed_list or list(range(seeds))
+    dense_iters = 500 if args.quick else args.dense_iterations
     phase = 300 if args.quick else args.phase_iterations
     cfg = DSDConfig(sparsity=args.sparsity, sparse_iterations=phase, redense_iterations=phase)
     sgd = SGDConfig()  # Caffe's: lr 0.01 inv, momentum 0.9, weight decay 5e-4
@@ -65,11 +73,18 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    data = load_data("mnist", data_dir=args.data_dir)
     runs = []
-    for net in args.nets.split(","):
+    if args.merge:
+        files = [json.loads(Path(f).read_text()) for f in args.merge]
+        runs = sorted((r for f in files for r in f["runs"]), key=lambda r: (r["net"], r["seed"]))
+        seed_list = sorted({r["seed"] for r in runs})
+        seeds = len(seed_list)
+        args.nets = ",".join(dict.fromkeys(r["net"] for r in runs))
+    else:
+        data = load_data("mnist", data_dir=args.data_dir)
+    for net in [] if args.merge else args.nets.split(","):
         spec = get_spec(net)
-        for seed in range(seeds):
+        for seed in seed_list:
             t0 = time.perf_counter()
             dense = reproduce(
                 experiment(net, None, dense_iterations=dense_iters, test_interval=0, seed=seed), data
@@ -110,12 +125,15 @@ def main(argv=None) -> int:
             "weight_decay": sgd.weight_decay,
         },
         "batch_size": 64,
-        "seeds": list(range(seeds)),
+        "seeds": seed_list,
     }
     lines = [
         "# Dense-Sparse-Dense against a dense baseline with the same iterations",
         "",
-        f"`python validate/dsd.py{' --quick' if args.quick else ''}` - per seed: dense {dense_iters:,} "
+        f"`python validate/dsd.py{' --quick' if args.quick else ''}"
+        f"{f' --nets {args.nets}' if args.nets != 'lenet-300-100' else ''}"
+        f"{f' --dense-iterations {dense_iters}' if dense_iters != 10_000 and not args.quick else ''}"
+        f"{f' --phase-iterations {phase}' if phase != 5_000 and not args.quick else ''}` - per seed: dense {dense_iters:,} "
         f"iterations (Caffe lr 0.01 inv), then S {phase:,} iterations (lr 0.01 inv restarted; DSD: "
         f"{100 * cfg.sparsity:.0f}% of each layer's weights pruned by magnitude, mask fixed) and D {phase:,} "
         "iterations (lr 0.001 inv; DSD: every connection back, pruned ones from 0). The baseline runs the "
@@ -144,7 +162,7 @@ def main(argv=None) -> int:
             f"| {100 * r['dsd']:.2f}% | {100 * r['baseline_mid']:.2f}% | {100 * r['baseline']:.2f}% |"
         )
     md = "\n".join(lines) + "\n"
-    stem = "dsd_quick" if args.quick else "dsd"
+    stem = args.stem or ("dsd_quick" if args.quick else "dsd")
     out = Path(args.out_dir)
     write_text(
         out / f"{stem}.json",

@@ -113,8 +113,14 @@ def resolve_spec(name: str, shapes: Shapes) -> NetSpec:
     """A net by name and layer shapes: a known net, or a member named ``<family>-...`` (a thinned one)."""
     if name in NETS:
         spec = NETS[name]
-        if {k: (s.w_shape, s.b_shape) for k, s in ((op.name, op) for op in spec.layers)} != shapes:
-            raise ValueError(f"layers of {name!r} have other shapes than {name}'s")
+        expected = {op.name: (op.w_shape, op.b_shape) for op in spec.layers}
+        if expected != shapes:
+            diff = [f"{k} missing" if k not in shapes else f"{k} not in a {name}" if k not in expected
+                    else f"{k} is {shapes[k]}, a {name}'s is {expected[k]}"
+                    for k in list(expected) + [k for k in shapes if k not in expected]
+                    if expected.get(k) != shapes.get(k)]
+            raise ValueError(f"its layers are not a {name}'s: " + "; ".join(diff[:3])
+                             + ("; ..." if len(diff) > 3 else ""))
         return spec
     family = [f for f in NETS if name.startswith(f + "-")]
     if not family:

@@ -74,7 +74,7 @@ def test_infer_reads_rdc_by_magic_not_suffix(tmp_path, pruned_ckpt):
 def test_rdc_of_another_net_is_refused_with_a_named_error(tmp_path, pruned_ckpt, rng):
     _, state = pruned_ckpt
     layers = quantize_net(state.spec, state.params, state.masks)
-    for net_name, message in (("lenet-5", "its layers are not a lenet-5"),
+    for net_name, message in (("lenet-5", "its layers are not a lenet-5's: conv1 missing"),
                               ("alexnet", "'alexnet' is not known")):
         rdc = write_rdc(tmp_path / f"{net_name}.rdc", net_name, layers)
         read_rdc(rdc)  # a sound file as far as the format goes

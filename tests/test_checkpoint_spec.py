@@ -107,7 +107,7 @@ def test_resolve_spec_finds_the_family_from_the_name():
     assert spec.param_shapes()["ip2.weight"] == (5, 20)
     with pytest.raises(ValueError, match="not known"):
         resolve_spec("vgg-16-thin", shapes)
-    with pytest.raises(ValueError, match="other shapes"):
+    with pytest.raises(ValueError, match="its layers are not a lenet-300-100's: ip1 is"):
         resolve_spec("lenet-300-100", shapes)
 
 

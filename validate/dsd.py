@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dense-iterations", type=int, default=10_000)
     ap.add_argument("--stem", default=None, help="results file name (default dsd, dsd_quick with --quick)")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: join these results files' runs "
-                    "(same settings) into one table")
+                    "(made with the same settings, which the table then states) into one table")
     ap.add_argument("--sparsity", type=float, default=0.3)
     ap.add_argument("--phase-iterations", type=int, default=5_000, help="length of the S and of the D phase")
     ap.add_argument("--data-dir", default=os.environ.get("REFDNS_DATA"))
@@ -80,6 +80,13 @@ def main(argv=None) -> int:
         seed_list = sorted({r["seed"] for r in runs})
         seeds = len(seed_list)
         args.nets = ",".join(dict.fromkeys(r["net"] for r in runs))
+        # The settings are the files' own (they must agree), not this command line's.
+        kept = [{k: v for k, v in f["settings"].items() if k != "seeds"} for f in files]
+        if any(k != kept[0] for k in kept[1:]):
+            ap.error("--merge: the files were made with different settings")
+        dense_iters = kept[0]["dense_iterations"]
+        cfg = DSDConfig(**kept[0]["dsd"])
+        phase = cfg.sparse_iterations
     else:
         data = load_data("mnist", data_dir=args.data_dir)
     for net in [] if args.merge else args.nets.split(","):

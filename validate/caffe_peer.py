@@ -602,7 +602,7 @@ def main(argv=None) -> int:
         type=Path,
         nargs="+",
         metavar="JSON",
-        help="seeds mode: do not run anything; merge these seeds results into --out (and its .md)",
+        help="do not run anything; merge these seeds results into --out (and its .md)",
     )
     ap.add_argument(
         "--shim", type=Path, help="seeds mode: srand_shim.c (seeds Caffe's rand() from $DNS_SRAND)"
@@ -613,6 +613,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.until, args.every = 20, 200, 50
+    if args.merge:  # joins finished results: no net, model or data needed
+        out = args.out or RESULTS / f"caffe_peer_{args.net}_seeds.json"
+        merge_seeds(args.merge, out)
+        print(f"wrote {out}")
+        return 0
     caffe = args.caffe.resolve()
     root = (args.caffe_root or caffe.parents[3]).resolve()
     spec = get_spec(args.net)
@@ -634,8 +639,6 @@ def main(argv=None) -> int:
             out.write_text(json.dumps(chaos(args, spec, layers, x, y, params), indent=1))
         elif args.mode == "speed":
             out.write_text(json.dumps(speed(args, caffe, root, spec, layers, x, y, params), indent=1))
-        elif args.merge:
-            merge_seeds(args.merge, out)
         else:
             seeds(args, caffe, root, spec, layers, x, y, params, out)
         print(f"wrote {out}")

@@ -67,14 +67,28 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scheduler", help="a Dask scheduler address instead of local processes")
     ap.add_argument("--out", default="runs/dns_table", help="results folder (resumable)")
+    ap.add_argument("--grid", action="append", default=[], metavar="NET=JSON",
+                    help='replace a net\'s selection grid, e.g. lenet-5=\'{"method.layers.ip1.c_rate": [4.8, 5.1]}\' '
+                         "(a smaller grid than the full one, when the full one does not fit the time)")
     args = ap.parse_args(argv)
+    grids = dict(FULL_GRIDS)
+    for item in args.grid:
+        net, sep, text = item.partition("=")
+        if not sep or net not in TARGETS:
+            ap.error(f"--grid {item!r}: expected NET=JSON with NET one of {sorted(TARGETS)}")
+        try:
+            grids[net] = json.loads(text)
+        except json.JSONDecodeError as e:
+            ap.error(f"--grid {item!r}: the grid is not JSON ({e})")
+        if not isinstance(grids[net], dict) or not all(isinstance(v, list) and v for v in grids[net].values()):
+            ap.error(f"--grid {item!r}: the grid must be a JSON object of non-empty lists")
     nets = ["lenet-300-100"] if args.quick else args.nets.split(",")
     seeds = "0-1" if args.quick else args.seeds
     out = Path(args.out)
     report = {"quick": args.quick, "nets": {}}
     md = [f"# DNS table{' (QUICK: 300 + 300 iterations; not the paper numbers)' if args.quick else ''}", ""]
     for net in nets:
-        grid = QUICK_GRID if args.quick else FULL_GRIDS[net]
+        grid = QUICK_GRID if args.quick else grids[net]
         kept_target, err_target = TARGETS[net]
         entry = {}
         for protocol, select_on, g in (("validation", "validation", grid), ("paper", "test", None)):

@@ -325,8 +325,9 @@ def bench_net(net: str, data: Data, x_test, y_test, args) -> dict:
         else:
             params, flops = spec.n_params(), net_flops(spec)
         row = {"net": "DNS (CSR)" if k == "dns" else k, "arch": spec.name, "params": params, "flops": flops,
-               "test_error": float(np.mean(preds[k] != y_test)), "params_ratio": d_params / params,
-               "flops_ratio": d_flops / flops}
+               "test_error": float(np.mean(preds[k] != y_test)),
+               "params_ratio": d_params / params if params else None,  # None: every weight pruned
+               "flops_ratio": d_flops / flops if flops else None}
         row |= ts.speed_columns(times, k, batches=args.batches)
         row["speedup_geomean"] = geomean(row[f"batch{b}_speedup"] for b in args.batches)
         if k != "dense" and k != "dns":
@@ -340,6 +341,10 @@ def bench_net(net: str, data: Data, x_test, y_test, args) -> dict:
     return {"net": net, "rows": rows, "matched": matched, "source": info["source"],
             "train_seconds": info["walls"],
             "dns_csr_agrees_with_dense_forward": bool(np.array_equal(preds["dns"], dns_dense_pred))}
+
+
+def ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def to_markdown(res: dict) -> str:
@@ -375,8 +380,8 @@ def to_markdown(res: dict) -> str:
                 s = row[f"batch{x}_median_s"]
                 cells.append(f"{1e6 * s:.0f} us" if s < 1e-3 else f"{1e3 * s:.2f} ms")
                 cells.append(f"{row[f'batch{x}_speedup']:.2f}")
-            lines.append(f"| {row['net']}{mark} | {row['params']:,} | {row['params_ratio']:.1f} | "
-                         f"{row['flops']:,} | {row['flops_ratio']:.1f} | {100 * row['test_error']:.2f}% | "
+            lines.append(f"| {row['net']}{mark} | {row['params']:,} | {ratio(row['params_ratio'])} | "
+                         f"{row['flops']:,} | {ratio(row['flops_ratio'])} | {100 * row['test_error']:.2f}% | "
                          + " | ".join(cells) + f" | {row['speedup_geomean']:.2f} |")
         lines += ["", f"**Matched error: {m['net']}** - {m['why']}. DNS's speed-up / its speed-up: "
                   + ", ".join(f"batch {int(x):,} {v:.2f}" for x, v in m["dns_over_structured"].items()) + ".",

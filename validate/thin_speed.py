@@ -94,6 +94,45 @@ def timed(fn, inputs, *, reps: int, inner: int) -> list[float]:
     return out
 
 
+def batch_plan(batch: int, n: int, *, reps: int, quick: bool) -> tuple[list[int], int, int]:
+    """Where the timed calls at ``batch`` start in the ``n`` test images, calls per repetition, repetitions.
+
+    Batch 1 cycles through 64 images (64 calls a repetition, quick 16); batches up to 64 through 8
+    slices (8 calls, quick 2); larger batches are one call on the first ``batch`` images, with
+    ``max(3, reps // 2)`` repetitions."""
+    if batch > n:
+        raise ValueError(f"batch={batch} is more than the {n:,} test images")
+    if batch == 1:
+        return list(range(min(64, n))), (16 if quick else 64), reps
+    if batch <= 64:
+        return list(range(0, min(8 * batch, n - batch + 1), batch)), (2 if quick else 8), reps
+    return [0], 1, max(3, reps // 2)
+
+
+def time_runners(runners: dict, x: np.ndarray, *, reps: int, quick: bool, batches=BATCHES) -> dict:
+    """{runner: {batch: seconds per call, one figure per repetition}}, one BLAS thread; the runners are
+    interleaved within each batch so that load drift hits each alike."""
+    times: dict[str, dict[int, list[float]]] = {k: {} for k in runners}
+    with threadpool_limits(1):
+        for batch in batches:
+            starts, inner, n_reps = batch_plan(batch, len(x), reps=reps, quick=quick)
+            inputs = [x[s : s + batch] for s in starts]
+            for name, fn in runners.items():
+                times[name][batch] = timed(fn, inputs, reps=n_reps, inner=inner)
+    return times
+
+
+def speed_columns(times: dict, name: str, dense: str = "dense", batches=BATCHES) -> dict:
+    """Median and min seconds per call of ``name`` and its speed-up (dense median / its median) per batch."""
+    row = {}
+    for b in batches:
+        med = statistics.median(times[name][b])
+        row[f"batch{b}_median_s"] = med
+        row[f"batch{b}_min_s"] = min(times[name][b])
+        row[f"batch{b}_speedup"] = statistics.median(times[dense][b]) / med
+    return row
+
+
 def make_nets(net: str, data: Data, args) -> tuple[dict, dict]:
     """The three nets (spec, params, masks) and their wall times of training."""
     spec = get_spec(net)
@@ -173,22 +212,7 @@ def bench_net(net: str, data: Data, x_test, y_test, args) -> dict:
         "sparse (CSR)": float(np.mean(sparse_net.predict(x_test) != y_test)),
         "thinned": float(np.mean(predict(nets["thinned"][0], eff["thinned"], x_test) != y_test)),
     }
-    times: dict[str, dict[int, list[float]]] = {k: {} for k in runners}
-    with threadpool_limits(1):
-        for batch in BATCHES:
-            if batch == 1:
-                inputs, inner = [x_test[i : i + 1] for i in range(64)], (64 if not args.quick else 16)
-            elif batch == 64:
-                inputs, inner = (
-                    [x_test[i : i + 64] for i in range(0, 64 * 8, 64)],
-                    (8 if not args.quick else 2),
-                )
-            else:
-                inputs, inner = [x_test[:batch]], 1
-            reps = args.reps if batch < 10_000 else max(3, args.reps // 2)
-            for name, fn in runners.items():  # interleaved by batch so load drift hits each alike
-                times[name][batch] = timed(fn, inputs, reps=reps, inner=inner)
-    dense_med = {b: statistics.median(times["dense"][b]) for b in BATCHES}
+    times = time_runners(runners, x_test, reps=args.reps, quick=args.quick)
     for name in runners:
         params, flops, _ = facts[name]
         row = {
@@ -199,11 +223,7 @@ def bench_net(net: str, data: Data, x_test, y_test, args) -> dict:
             "params_ratio": facts["dense"][0] / params,
             "flops_ratio": facts["dense"][1] / flops,
         }
-        for b in BATCHES:
-            med = statistics.median(times[name][b])
-            row[f"batch{b}_median_s"] = med
-            row[f"batch{b}_min_s"] = min(times[name][b])
-            row[f"batch{b}_speedup"] = dense_med[b] / med
+        row |= speed_columns(times, name)
         rows.append(row)
     units = {n: nets["thinned"][0].param_shapes()[f"{n}.weight"][0] for n in unit_layers(nets["dense"][0])}
     return {

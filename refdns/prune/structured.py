@@ -2,7 +2,8 @@
 
 The iterative scheme of Molchanov et al. (ICLR 2017, Sec. 2) and Luo & Wu (2017): score every unit of a layer
 with a criterion (:mod:`refdns.prune.criteria`: random, mean activation, APoZ, entropy, scaled entropy,
-l1-norm, Taylor, one-shot sensitivity), remove the lowest-scored ones, fine-tune, repeat. Step r (1-based) of R brings layer l to
+l1-norm, Taylor, one-shot sensitivity), remove the lowest-scored ones, fine-tune, repeat. Step r (1-based) of
+R brings layer l to
 
     # removed_l(r) = round(target_l * r / R)     target_l = round(fraction_l * F_l), or a given count
 
@@ -234,8 +235,8 @@ class StructuredPruning(PruningMethod):
 
     def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.config.criterion in DATA_CRITERIA and self.x is None:
-            raise ConfigError(f"criterion {self.config.criterion!r} scores training data: construct the method "
-                              "with training data (StructuredPruning(config, x, y) or .with_data(x, y))")
+            raise ConfigError(f"criterion {self.config.criterion!r} scores training data: construct the "
+                              "method with it (StructuredPruning(config, x, y) or .with_data(x, y))")
         self._layout(spec)
         return {"step": np.array(0, dtype=np.int64)}
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from refdns.errors import ConfigError
-from refdns.nets import get_spec
 from refdns.layers import softmax_cross_entropy
+from refdns.nets import get_spec
 from refdns.nets.sequential import NetSpec, Op, forward, forward_from, init_params
 from refdns.optim import SGDConfig
 from refdns.pipeline import experiment
@@ -189,7 +189,8 @@ def test_sensitivity_refusals():
         StructuredPruning(StructuredConfig(criterion="sensitivity", counts={"c2": 4}), x, y).init_state(
             TINY_CONV, {})
     with pytest.raises(ConfigError, match="training data"):
-        StructuredPruning(StructuredConfig(criterion="sensitivity", counts={"d1": 1})).init_state(TINY_CONV, {})
+        StructuredPruning(StructuredConfig(criterion="sensitivity", counts={"d1": 1})).init_state(
+            TINY_CONV, {})
 
 
 # ---- units and the flatten ------------------------------------------------------------------------------

@@ -3,15 +3,17 @@ fine-tuning (Mittal et al., "Recovering from Random Pruning: On the Plasticity o
 Networks", WACV 2018, report that after fine-tuning random selection is about as good as every criterion).
 
 For each seed: train a dense net with Caffe's MNIST solver; then for each criterion
-(:data:`refdns.prune.criteria.CRITERIA`) and each fraction of hidden units removed (25 / 50 / 75 % of every
-hidden layer), prune with :class:`refdns.prune.structured.StructuredPruning`:
+(:data:`refdns.prune.criteria.CRITERIA`, one-shot sensitivity included) and each fraction of hidden units
+removed (25 / 50 / 75 % of every hidden layer), prune with :class:`refdns.prune.structured.StructuredPruning`:
 
 * *no fine-tune*: all ``--steps`` steps at once (each step re-scores the units on the current net), test error
   of the masked net;
 * *fine-tune*: ``--steps`` steps ``--finetune-iterations / --steps`` iterations apart, test error at the end.
 
 Every fine-tuned net is also thinned (:func:`refdns.thin.thin`) and its predictions on the whole test set
-compared with the masked net's. Activation criteria score ``--samples`` training images per step.
+compared with the masked net's. Data criteria (activations, sensitivity) score ``--samples`` training images
+per step; sensitivity re-runs the net after a layer once per alive unit (LeNet-5: 20 + 50 + 500 units), so
+it is the slowest criterion by far.
 
     python validate/structured_study.py [--quick] [--net lenet-300-100] [--seeds 0 1 2] [--data-dir DIR]
     python validate/structured_study.py --merge A.json B.json ... [--out-dir DIR]

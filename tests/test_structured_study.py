@@ -58,7 +58,7 @@ def test_figure_has_two_panels_one_line_per_criterion(study, runs):
                 line = bar.lines[0]
                 assert bar.get_label() == c
                 row = next(r for r in res["table"] if (r["criterion"], r["finetune"]) == (c, ft))
-                assert list(line.get_xdata()) == [50.0]
+                assert abs(line.get_xdata()[0] - 50.0) < 1  # dodged a little
                 assert line.get_ydata()[0] == pytest.approx(100 * row["mean"])
             rnd, l1 = (bar.lines[0] for bar in ax.containers)
             assert rnd.get_linestyle() == "--" and l1.get_linestyle() == "-"  # random drawn apart

@@ -257,7 +257,8 @@ def markdown(res) -> str:
 
 def figure(res):
     """Two panels (no fine-tune, fine-tune): test error (%) against units removed (%), one line per
-    criterion with mean +- sd error bars over seeds; random drawn black and dashed. Returns the Figure."""
+    criterion with mean +- sd error bars over seeds (each criterion shifted by a fraction of a percent so the
+    bars do not hide each other); random drawn black and dashed. Returns the Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,12 +270,13 @@ def figure(res):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     x = [100 * f for f in s["fractions"]]
     for ax, ft in zip(axes, (False, True), strict=True):
-        for c in s["criteria"]:
+        for i, c in enumerate(s["criteria"]):
             rows = [by[(c, f, ft)] for f in s["fractions"]]
+            dodge = 0.6 * (i - (len(s["criteria"]) - 1) / 2)  # error bars side by side, not on top
             style = ({"color": "black", "ls": "--", "lw": 2.2, "marker": "s", "zorder": 3} if c == "random"
                      else {"lw": 1.2, "marker": "o", "ms": 4})
-            ax.errorbar(x, [100 * r["mean"] for r in rows], yerr=[100 * r["sd"] for r in rows], capsize=3,
-                        label=c, **style)
+            ax.errorbar([v + dodge for v in x], [100 * r["mean"] for r in rows],
+                        yerr=[100 * r["sd"] for r in rows], capsize=3, label=c, **style)
         ax.set_xlabel("hidden units removed (%)")
         ax.set_ylabel("test error (%)")
         ax.set_xticks(x)

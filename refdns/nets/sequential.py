@@ -37,6 +37,7 @@ __all__ = [
     "check_params",
     "error_rate",
     "forward",
+    "forward_from",
     "init_params",
     "loss_and_grads",
     "output_grads",
@@ -163,6 +164,22 @@ def forward(
         if keep_outputs:
             outputs.append(h)
     return h, ForwardCache(tuple(caches), tuple(outputs))
+
+
+def forward_from(spec: NetSpec, params: dict[str, np.ndarray], h: np.ndarray, start: int, *,
+                 ws: Workspace | None = None) -> np.ndarray:
+    """Logits from the output ``h`` of op ``start - 1``: ops ``start, start + 1, ...`` only.
+
+    The tail of :func:`forward` (same ops, same calls, so the same numbers): an ablation study that changes
+    one op's output re-runs only what comes after it (:func:`refdns.prune.units.unit_ablation_losses`).
+    ``ws`` as in :func:`forward`, its children keyed by op index.
+    """
+    if not 0 < start <= len(spec.ops):
+        raise ValueError(f"start={start!r} must be in [1, {len(spec.ops)}] for {spec.name}")
+    for i in range(start, len(spec.ops)):
+        op = spec.ops[i]
+        h, _ = OPS[op.kind].forward(op, params, h, ws=None if ws is None else ws.child(i))
+    return h
 
 
 def backward(spec: NetSpec, dlogits: np.ndarray, cache: ForwardCache, *, ws: Workspace | None = None

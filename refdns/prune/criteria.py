@@ -25,10 +25,14 @@ flatten); the papers score the same thing, the feature map a filter produces.
   Efficient Inference", ICLR 2017, the criterion Theta_TE): ``Theta_j = | (1/M) sum_m dC/dz_{j,m}
   z_{j,m} |`` per image,
   averaged over the N images of the batch, then their per-layer l2 normalisation,
-  ``Theta_j / sqrt(sum_j' Theta_j'^2)``.
-
-N.B. ``da`` here is dL/da of the *mean* loss over the batch, so it carries a factor 1/N that the papers'
-per-image dC/dz does not; it scales every unit of a layer alike and cancels in the l2 normalisation.
+  ``Theta_j / sqrt(sum_j' Theta_j'^2)``;
+* sensitivity (one-shot; issue 14's definition): the increase of the batch's mean cross-entropy when unit j
+  alone is removed (its output zeroed), everything else unchanged, ``s_j = L(W with unit j removed) - L(W)``.
+  This is the oracle ranking of Molchanov et al. (2017, Sec. 2.2; every feature map removed in turn and the
+  change in cost recorded), signed as in their "oracle-loss" variant (a unit whose removal lowers the loss
+  goes first; their "oracle-abs" takes the absolute change), and Li et al. (2017, Sec. 4.1)'s sensitivity
+  analysis done one unit at a time. It needs the net, not a map: the losses come from
+  :func:`refdns.prune.units.unit_ablation_losses`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from __future__ import annotations
 import numpy as np
 
 ACTIVATION_CRITERIA = ("mean_activation", "apoz", "entropy", "scaled_entropy", "taylor")
-CRITERIA = ("random", "l1") + ACTIVATION_CRITERIA
+# Criteria that score a batch of training data: the activation ones, and sensitivity (losses of the net).
+DATA_CRITERIA = ACTIVATION_CRITERIA + ("sensitivity",)
+CRITERIA = ("random", "l1") + DATA_CRITERIA
 
 
 def _per_unit(a: np.ndarray) -> np.ndarray:
@@ -100,7 +106,17 @@ def taylor(a: np.ndarray, da: np.ndarray) -> np.ndarray:
     return theta / norm if norm > 0 else theta
 
 
-def unit_scores(criterion: str, *, w=None, a=None, da=None, bins: int = 100, rng=None) -> np.ndarray:
+def sensitivity(loss_removed: np.ndarray, loss: float) -> np.ndarray:
+    """One-shot sensitivity, ``s_j = L(W with unit j removed) - L(W)``: the rise of the batch's mean loss.
+
+    Molchanov et al. 2017's oracle (signed, "oracle-loss"); ``loss_removed[j]`` is L with unit j removed
+    (:func:`refdns.prune.units.unit_ablation_losses`), ``loss`` the intact net's L on the same batch.
+    """
+    return np.asarray(loss_removed, dtype=np.float64) - float(loss)
+
+
+def unit_scores(criterion: str, *, w=None, a=None, da=None, bins: int = 100, rng=None,
+                loss_removed=None, loss=None) -> np.ndarray:
     """The scores of one layer's units under ``criterion`` (one of :data:`CRITERIA`)."""
     if criterion == "random":
         return random_scores(w.shape[0], rng=rng)
@@ -116,4 +132,6 @@ def unit_scores(criterion: str, *, w=None, a=None, da=None, bins: int = 100, rng
         return scaled_entropy(a, bins)
     if criterion == "taylor":
         return taylor(a, da)
+    if criterion == "sensitivity":
+        return sensitivity(loss_removed, loss)
     raise ValueError(f"criterion={criterion!r} must be one of {CRITERIA}")

@@ -2,7 +2,8 @@
 
 The iterative scheme of Molchanov et al. (ICLR 2017, Sec. 2) and Luo & Wu (2017): score every unit of a layer
 with a criterion (:mod:`refdns.prune.criteria`: random, mean activation, APoZ, entropy, scaled entropy,
-l1-norm, Taylor), remove the lowest-scored ones, fine-tune, repeat. Step r (1-based) of R brings layer l to
+l1-norm, Taylor, one-shot sensitivity), remove the lowest-scored ones, fine-tune, repeat. Step r (1-based) of
+R brings layer l to
 
     # removed_l(r) = round(target_l * r / R)     target_l = round(fraction_l * F_l), or a given count
 
@@ -21,8 +22,10 @@ keeping at least one unit; within a layer the lowest-scored units go). A uniform
 of scores across layers, which most criteria do not support (l1 norms and activations have per-layer scales);
 refdns's choice, not Molchanov et al.'s one-unit-at-a-time global ranking of l2-normalised Taylor scores.
 
-The activation criteria need data: construct the method with ``x, y`` (a training batch pool; each step
-draws ``samples`` of them with the run's mask stream). ``random`` and ``l1`` need none.
+The activation criteria and sensitivity need data: construct the method with ``x, y`` (a training batch pool;
+each step draws ``samples`` of them with the run's mask stream). ``random`` and ``l1`` need none.
+Sensitivity runs, per alive unit, the ops after the unit's layer on the batch (removed units score 0 and
+are not re-run; :func:`refdns.prune.units.unit_ablation_losses`).
 """
 
 from __future__ import annotations
@@ -38,13 +41,14 @@ from refdns.nets import NETS
 from refdns.nets.flops import net_flops
 from refdns.nets.sequential import NetSpec
 from refdns.prune.base import PruningMethod, Recipe, check_variant
-from refdns.prune.criteria import ACTIVATION_CRITERIA, CRITERIA, unit_scores
+from refdns.prune.criteria import ACTIVATION_CRITERIA, CRITERIA, DATA_CRITERIA, unit_scores
 from refdns.prune.magnitude import kept_count, layer_names, mask_records
 from refdns.prune.units import (
     alive_units,
     effective_params,
     prunable_layers,
     remove_units,
+    unit_ablation_losses,
     unit_activations,
     unit_layers,
 )
@@ -230,9 +234,9 @@ class StructuredPruning(PruningMethod):
         return self.config.steps * self.config.step_iterations
 
     def init_state(self, spec: NetSpec, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.config.criterion in ACTIVATION_CRITERIA and self.x is None:
-            raise ConfigError(f"criterion {self.config.criterion!r} scores activations: construct the method "
-                              "with training data (StructuredPruning(config, x, y) or .with_data(x, y))")
+        if self.config.criterion in DATA_CRITERIA and self.x is None:
+            raise ConfigError(f"criterion {self.config.criterion!r} scores training data: construct the "
+                              "method with it (StructuredPruning(config, x, y) or .with_data(x, y))")
         self._layout(spec)
         return {"step": np.array(0, dtype=np.int64)}
 
@@ -260,16 +264,22 @@ class StructuredPruning(PruningMethod):
     def scores(self, params, masks, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Every configured layer's unit scores on the current masked net."""
         cfg = self.config
-        acts = {}
-        if cfg.criterion in ACTIVATION_CRITERIA:
+        acts, loss, removed = {}, None, {}
+        if cfg.criterion in DATA_CRITERIA:
             pick = rng.choice(len(self.x), size=min(cfg.samples, len(self.x)), replace=False)
-            acts = unit_activations(self.spec, effective_params(params, masks), self.x[pick], self.y[pick],
-                                    list(self.layers))
+            eff = effective_params(params, masks)
+            if cfg.criterion in ACTIVATION_CRITERIA:
+                acts = unit_activations(self.spec, eff, self.x[pick], self.y[pick], list(self.layers))
+            else:
+                alive = {n: alive_units(masks, n) for n in self.layers}
+                loss, removed = unit_ablation_losses(self.spec, eff, self.x[pick], self.y[pick],
+                                                     list(self.layers), alive)
         out = {}
         for layer in self.layers:
             a, da = acts.get(layer, (None, None))
             w = params[f"{layer}.weight"] * masks[f"{layer}.weight"]
-            out[layer] = unit_scores(cfg.criterion, w=w, a=a, da=da, bins=cfg.bins, rng=rng)
+            out[layer] = unit_scores(cfg.criterion, w=w, a=a, da=da, bins=cfg.bins, rng=rng,
+                                     loss_removed=removed.get(layer), loss=loss)
         return out
 
     def prune_step(self, r: int, params, masks, rng, flops_start: int | None = None) -> dict[str, np.ndarray]:

@@ -15,7 +15,8 @@ The output layer's units are the classes and are never units to remove (:func:`p
 
 :func:`unit_activations` gives the per-unit activation a (the map L' reads, before any flatten) and dL/da for
 a batch, from the one forward/backward engine (:func:`refdns.nets.sequential.forward` with
-``keep_outputs=True`` and :func:`refdns.nets.sequential.output_grads`).
+``keep_outputs=True`` and :func:`refdns.nets.sequential.output_grads`). :func:`unit_ablation_losses` gives
+the batch loss with each unit removed in turn (the one-shot sensitivity criterion).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refdns.layers import softmax_cross_entropy
+from refdns.layers import Workspace, softmax_cross_entropy
 from refdns.nets.ops import OPS, bias_key, weight_key
-from refdns.nets.sequential import NetSpec, forward, output_grads
+from refdns.nets.sequential import NetSpec, forward, forward_from, output_grads
 
 
 @dataclass(frozen=True)
@@ -135,3 +136,58 @@ def unit_activations(
     _, dlogits = softmax_cross_entropy(logits, y)
     grads = output_grads(spec, dlogits, cache)
     return {name: (cache.outputs[units[name].act_index], grads[units[name].act_index]) for name in layers}
+
+
+def _mean_ce(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy, in float64 whatever the net's dtype (scores are differences of two losses)."""
+    loss, _ = softmax_cross_entropy(logits.astype(np.float64, copy=False), y)
+    return loss
+
+
+def unit_ablation_losses(
+    spec: NetSpec, params_eff: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, layers=None,
+    alive: dict[str, np.ndarray] | None = None,
+) -> tuple[float, dict[str, np.ndarray]]:
+    """The batch loss L of the net, and per layer the loss ``L_j`` with unit j alone removed.
+
+    Removing unit j (:func:`remove_units`) makes its map, the one the next layer reads, exactly zero and
+    changes nothing upstream, so ``L_j`` is the loss of the net whose map at ``act_index`` has channel j
+    zeroed: one forward to every layer's map, then per unit only the ops after that map
+    (:func:`refdns.nets.sequential.forward_from`), the same op calls as the ordinary forward of the masked
+    net. A unit already removed (``alive[layer][j]`` False) has an all-zero map, so removing it again
+    changes nothing: ``L_j = L`` exactly, and it is not re-run.
+
+    Parameters
+    ----------
+    spec : NetSpec
+    params_eff : dict of ndarray, effective parameters (masked)
+    x : ndarray, shape (N, C, H, W)
+    y : ndarray, shape (N,), int
+    layers : names to score (default: :func:`prunable_layers`)
+    alive : {layer: bool (F,)}, optional; default every unit alive
+
+    Returns
+    -------
+    loss : float, the mean cross-entropy L of the batch (computed in float64 from the logits)
+    {layer: ndarray, shape (F,), float64}: ``L_j``
+    """
+    units = unit_layers(spec)
+    layers = prunable_layers(spec) if layers is None else layers
+    logits, cache = forward(spec, params_eff, x, keep_outputs=True)
+    base = _mean_ce(logits, y)
+    ws = Workspace()
+    out = {}
+    for name in layers:
+        u = units[name]
+        a = cache.outputs[u.act_index]  # (N, F, ...) the map the next layer reads
+        live = np.ones(u.n_units, bool) if alive is None or name not in alive else np.asarray(alive[name])
+        if live.shape != (u.n_units,):
+            raise ValueError(f"alive[{name!r}] has shape {live.shape}, expected ({u.n_units},)")
+        h = a.copy()
+        losses = np.full(u.n_units, base)
+        for j in np.flatnonzero(live):
+            h[:, j] = 0
+            losses[j] = _mean_ce(forward_from(spec, params_eff, h, u.act_index + 1, ws=ws), y)
+            h[:, j] = a[:, j]
+        out[name] = losses
+    return base, out

@@ -5,14 +5,22 @@ import numpy as np
 import pytest
 
 from refdns.errors import ConfigError
+from refdns.layers import softmax_cross_entropy
 from refdns.nets import get_spec
-from refdns.nets.sequential import NetSpec, Op, forward, init_params
+from refdns.nets.sequential import NetSpec, Op, forward, forward_from, init_params
 from refdns.optim import SGDConfig
 from refdns.pipeline import experiment
 from refdns.prune import criteria
 from refdns.prune.base import all_ones_masks, methods
 from refdns.prune.structured import StructuredConfig, StructuredPruning
-from refdns.prune.units import effective_params, remove_units, unit_activations, unit_layers
+from refdns.prune.units import (
+    alive_units,
+    effective_params,
+    remove_units,
+    unit_ablation_losses,
+    unit_activations,
+    unit_layers,
+)
 from refdns.run import TrainConfig, new_run
 from refdns.train import train_step
 from tests.prune.tiny import TINY, tiny_batch
@@ -97,6 +105,92 @@ def test_unit_activations_and_their_gradient_by_hand(rng):
     da_hand = p @ params["fc2.weight"] / 5  # dL/da of the mean loss
     np.testing.assert_allclose(a, a_hand, rtol=1e-12)
     np.testing.assert_allclose(da, da_hand, rtol=1e-10, atol=1e-14)
+
+
+# ---- one-shot sensitivity against brute force ------------------------------------------------------------
+
+def conv_params64(rng):
+    params = init_params(TINY_CONV, rng=rng, dtype=np.float64)
+    for k in params:
+        if k.endswith("bias"):
+            params[k] = 0.1 + 0.3 * np.abs(rng.standard_normal(params[k].shape))  # d1 units fire
+    return params
+
+
+def brute_sensitivity(spec, params, masks, x, y, layer):
+    """s_j = L(W with unit j removed) - L(W), L by the ordinary forward of a copy whose unit j has its
+    weights and bias zeroed (the next layer untouched), one unit at a time."""
+    eff = effective_params(params, masks)
+    base, _ = softmax_cross_entropy(forward(spec, eff, x)[0], y)
+    out = []
+    for j in range(params[f"{layer}.weight"].shape[0]):
+        cut = {k: v.copy() for k, v in eff.items()}
+        cut[f"{layer}.weight"][j] = 0
+        cut[f"{layer}.bias"][j] = 0
+        out.append(softmax_cross_entropy(forward(spec, cut, x)[0], y)[0] - base)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("layer", ["c1", "c2", "d1"])
+def test_sensitivity_matches_brute_force_float64(rng, layer):
+    params = conv_params64(rng)
+    masks = all_ones_masks(params)
+    x = rng.standard_normal((12, 1, 10, 10))
+    y = rng.integers(0, 3, 12)
+    loss, removed = unit_ablation_losses(TINY_CONV, effective_params(params, masks), x, y, [layer])
+    got = criteria.unit_scores("sensitivity", loss_removed=removed[layer], loss=loss)
+    want = brute_sensitivity(TINY_CONV, params, masks, x, y, layer)
+    # nearly every unit matters (a d1 unit the ReLU silences on the whole batch scores 0): not 0 == 0
+    assert np.count_nonzero(np.abs(want) > 1e-6) >= len(want) - 1
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("layer,dead", [("c1", [0]), ("c2", [1, 3]), ("d1", [2])])
+def test_sensitivity_of_removed_units_is_zero_like_brute_force(rng, layer, dead):
+    """A unit already removed scores exactly 0 (removing it again changes nothing) without being re-run;
+    like every criterion it is scored, and lowest_alive never picks it again."""
+    params = conv_params64(rng)
+    masks = remove_units(all_ones_masks(params), unit_layers(TINY_CONV)[layer], dead)
+    x = rng.standard_normal((12, 1, 10, 10))
+    y = rng.integers(0, 3, 12)
+    alive = {layer: alive_units(masks, layer)}
+    loss, removed = unit_ablation_losses(TINY_CONV, effective_params(params, masks), x, y, [layer], alive)
+    got = criteria.sensitivity(removed[layer], loss)
+    want = brute_sensitivity(TINY_CONV, params, masks, x, y, layer)
+    assert (got[dead] == 0).all() and (want[dead] == 0).all()
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+    # through the method: the next unit removed is the alive one of lowest brute-force score
+    n_units = unit_layers(TINY_CONV)[layer].n_units
+    cfg = StructuredConfig(criterion="sensitivity", counts={layer: len(dead) + 1}, steps=1, step_iterations=0,
+                           samples=12)
+    method = StructuredPruning(cfg, x, y)
+    method.init_state(TINY_CONV, params)
+    new = method.prune_step(1, params, masks, np.random.default_rng(0))
+    now_dead = np.flatnonzero(~alive_units(new, layer))
+    live = np.setdiff1d(np.arange(n_units), dead)
+    assert sorted(now_dead) == sorted([*dead, int(live[np.argmin(want[live])])])
+
+
+def test_forward_from_is_the_tail_of_forward(rng):
+    params = conv_params64(rng)
+    x = rng.standard_normal((3, 1, 10, 10))
+    logits, cache = forward(TINY_CONV, params, x, keep_outputs=True)
+    for start in range(1, len(TINY_CONV.ops)):
+        assert np.array_equal(forward_from(TINY_CONV, params, cache.outputs[start - 1], start), logits)
+    with pytest.raises(ValueError, match="start"):
+        forward_from(TINY_CONV, params, x, 0)
+
+
+def test_sensitivity_refusals():
+    with pytest.raises(ConfigError, match="every unit of layer 'd1'"):
+        StructuredConfig(criterion="sensitivity", fractions={"d1": 1.0})
+    x, y = np.zeros((2, 1, 10, 10), np.float32), np.zeros(2, np.int64)
+    with pytest.raises(ConfigError, match="every unit of layer 'c2'"):
+        StructuredPruning(StructuredConfig(criterion="sensitivity", counts={"c2": 4}), x, y).init_state(
+            TINY_CONV, {})
+    with pytest.raises(ConfigError, match="training data"):
+        StructuredPruning(StructuredConfig(criterion="sensitivity", counts={"d1": 1})).init_state(
+            TINY_CONV, {})
 
 
 # ---- units and the flatten ------------------------------------------------------------------------------

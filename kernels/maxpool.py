@@ -59,17 +59,11 @@ def _out(out, shape, dtype, name: str) -> np.ndarray:
     return out
 
 
-# Data-dependent branches cost more than the work here (a random winner mispredicts half the time, and
-# Numba lowers both `a if cond else b` on ints and bool-to-float casts to branches), so the winner logic is
-# written as float selects (`a if a > b else b`, which LLVM turns into maxss-like selects) and integer
-# arithmetic. Measured on LeNet-5's conv1 pool (batch 64): the first, branchy version of these kernels ran
-# 2.5x slower than the NumPy twin; see the commit message for the figures.
-
-
-@njit(cache=True, inline="always")
-def _hit(k, t):
-    # 1 if k == t else 0, for 0 <= k, t < 2**31, without a branch
-    return ((k ^ t) - 1) >> 63 & 1
+# Data-dependent branches cost more than the work here (a random winner mispredicts half the time), so
+# the forward is written as selects (`a if a > b else b`, np.maximum's rule, which LLVM compiles without a
+# branch) and the backward stores to every window element and then to the winner, with no test at all.
+# Measured on LeNet-5's pools (batch 64): the first, branchy version of these kernels ran 2.5x slower than
+# the NumPy twin; see the commit messages for the figures.
 
 
 @njit(cache=True)
@@ -133,11 +127,11 @@ def _maxpool_fwd(x, size, stride, out, arg):
 
 
 @njit(cache=True)
-def _maxpool_bwd(dout, arg, size, stride, lut, dx):
-    # dout, arg (N, C, OH, OW); lut = [0, 1] in dout's dtype; dx (N, C, H, W), overwritten.
-    # A window element gets dout * 1 (the winner) or dout * 0, exactly the twin's products. Plain 4-D
-    # indexing, no row views: LeNet-5's conv2 pool has rows of 4 windows, where a view per row costs more
-    # than the row's work.
+def _maxpool_bwd(dout, arg, size, stride, z0, dx):
+    # dout, arg (N, C, OH, OW); z0 a zero of dout's dtype; dx (N, C, H, W), overwritten.
+    # Each window element first gets dout * 0 (the twin's product with a losing mask: a zero with dout's
+    # sign), then the winner gets dout. Plain 4-D indexing, no row views: LeNet-5's conv2 pool has rows
+    # of 4 windows, where a view per row costs more than the row's work.
     N, C, OH, OW = dout.shape
     H, W = dx.shape[2], dx.shape[3]
     tiled = stride == size and H == OH * size and W == OW * size  # every element in exactly one window
@@ -145,22 +139,32 @@ def _maxpool_bwd(dout, arg, size, stride, lut, dx):
         for c in range(C):
             if not tiled:
                 dx[n, c] = 0  # gaps and trailing rows/columns: +0.0, as the twin's fill
+            if size == 2:  # straight-line stores, and no integer division for the winner's row
+                for oh in range(OH):
+                    h0 = oh * stride
+                    for ow in range(OW):
+                        w0 = ow * stride
+                        d = dout[n, c, oh, ow]
+                        z = d * z0
+                        dx[n, c, h0, w0] = z
+                        dx[n, c, h0, w0 + 1] = z
+                        dx[n, c, h0 + 1, w0] = z
+                        dx[n, c, h0 + 1, w0 + 1] = z
+                        k = np.int64(arg[n, c, oh, ow])
+                        dx[n, c, h0 + (k >> 1), w0 + (k & 1)] = d
+                continue
             for oh in range(OH):
-                for i in range(size):
-                    h = oh * stride + i
-                    t = i * size
-                    if size == 2:
-                        for ow in range(OW):
-                            d = dout[n, c, oh, ow]
-                            k = np.int64(arg[n, c, oh, ow])
-                            dx[n, c, h, ow * stride] = d * lut[_hit(k, t)]
-                            dx[n, c, h, ow * stride + 1] = d * lut[_hit(k, t + 1)]
-                    else:
-                        for ow in range(OW):
-                            d = dout[n, c, oh, ow]
-                            k = np.int64(arg[n, c, oh, ow])
-                            for j in range(size):
-                                dx[n, c, h, ow * stride + j] = d * lut[_hit(k, t + j)]
+                h0 = oh * stride
+                for ow in range(OW):
+                    w0 = ow * stride
+                    d = dout[n, c, oh, ow]
+                    z = d * z0
+                    for i in range(size):
+                        for j in range(size):
+                            dx[n, c, h0 + i, w0 + j] = z
+                    k = np.int64(arg[n, c, oh, ow])
+                    i = k // size
+                    dx[n, c, h0 + i, w0 + k - i * size] = d
 
 
 def _check_x(name: str, x) -> None:
@@ -245,7 +249,7 @@ def maxpool_backward(dout: np.ndarray, arg: np.ndarray, x_shape: tuple[int, int,
         raise ValueError(f"arg: expected a {index_dtype(size)} array of shape {dout.shape}, got {got}")
     dx = _out(out, x_shape, dout.dtype, "out")
     _maxpool_bwd(np.ascontiguousarray(dout), np.ascontiguousarray(arg), size, stride,
-                 np.array([0, 1], dtype=dout.dtype), dx)
+                 dout.dtype.type(0), dx)
     return dx
 
 

@@ -20,6 +20,7 @@ from refdns.kernels.maxpool import (
 from refdns.layers import Workspace
 from refdns.layers import maxpool_backward as layer_backward
 from refdns.layers import maxpool_forward as layer_forward
+from refdns.layers import maxpool_select
 from tests.strategies import finite_floats
 
 FLOATS = [np.float32, np.float64]
@@ -134,3 +135,17 @@ def test_bad_input_is_refused_by_name():
         maxpool_backward(np.zeros((1, 1, 3, 3), np.float32), arg, x.shape, 2, 2)
     with pytest.raises(ValueError, match="arg: expected a uint8 array"):
         maxpool_backward(out, arg.astype(np.int32), x.shape, 2, 2)
+
+
+@pytest.mark.parametrize(("size", "stride"), [(2, 2), (3, 3), (2, 3), (3, 2)])
+def test_the_r_operator_selects_the_same_elements_on_both_paths(size, stride, rng):
+    """maxpool_select (the Hessian engine's tangent) gathers rx at the kernel's winners: the twin's masks
+    applied to rx, exactly."""
+    x = rng.integers(-2, 3, size=(2, 3, 9, 10)).astype(np.float64)
+    rx = rng.standard_normal(x.shape)
+    _, col_win, row_win = maxpool_forward_ref(x, size, stride)
+    oh, ow = row_win.shape[3:]
+    he, we = stride * (oh - 1) + 1, stride * (ow - 1) + 1
+    rows = sum(col_win[j] * rx[:, :, : col_win.shape[3]][..., j : j + we : stride] for j in range(size))
+    want = sum(row_win[i] * rows[:, :, i : i + he : stride] for i in range(size))
+    np.testing.assert_array_equal(maxpool_select(rx, layer_forward(x, size=size, stride=stride)[1]), want)

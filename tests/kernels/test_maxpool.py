@@ -17,10 +17,9 @@ from refdns.kernels.maxpool import (
     maxpool_forward_ref,
 )
 
-from refdns.layers import Workspace
+from refdns.layers import Workspace, maxpool_select
 from refdns.layers import maxpool_backward as layer_backward
 from refdns.layers import maxpool_forward as layer_forward
-from refdns.layers import maxpool_select
 from tests.strategies import finite_floats
 
 FLOATS = [np.float32, np.float64]

@@ -8,7 +8,7 @@ from refdns.layers.conv import Conv2dCache, conv2d_backward, conv2d_forward
 from refdns.layers.dense import DenseCache, dense_backward, dense_forward
 from refdns.layers.flatten import FlattenCache, flatten_backward, flatten_forward
 from refdns.layers.loss import softmax, softmax_cross_entropy
-from refdns.layers.pool import MaxPoolCache, maxpool_backward, maxpool_forward
+from refdns.layers.pool import MaxPoolCache, maxpool_backward, maxpool_forward, maxpool_select
 from refdns.layers.workspace import Workspace
 from refdns.layers.sparse_dense import (
     SparseDenseCache,
@@ -34,6 +34,7 @@ __all__ = [
     "flatten_forward",
     "maxpool_backward",
     "maxpool_forward",
+    "maxpool_select",
     "relu_backward",
     "relu_forward",
     "softmax",

@@ -13,6 +13,12 @@ offsets with whole-array NumPy operations (no loop over samples or pixels), whic
 overlapping windows (``stride < size``). The tie rule survives the split: the first maximum in
 row-major order lies in the first row whose row maximum equals the window maximum, at that row's
 first maximal column, which is exactly what "first wins" in both stages selects.
+
+Disjoint windows (``stride >= size``, LeNet-5's 2x2/2) go through the Numba kernels of
+:mod:`refdns.kernels.maxpool` instead, which keep one winner offset per output element rather than
+two bool masks and write ``dx`` in one pass; the separable NumPy code above is their twin, and both
+give the same bits (values, gradients and signed zeros; see that module). With overlapping windows an
+element can win several windows, and the NumPy path's order of additions is kept.
 """
 
 from __future__ import annotations
@@ -21,53 +27,32 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refdns.kernels.maxpool import index_dtype, maxpool_backward_ref, maxpool_forward_ref
+from refdns.kernels.maxpool import maxpool as kernel_maxpool
+from refdns.kernels.maxpool import maxpool_backward as kernel_maxpool_backward
 from refdns.layers._checks import FLOATS
 from refdns.layers._checks import check_int as _check_int
 from refdns.layers.workspace import Workspace, take
 
 
 class MaxPoolCache(NamedTuple):
-    """What :func:`maxpool_backward` needs: which offset won in each stage, and the input geometry."""
+    """What :func:`maxpool_backward` needs: the winners (one of two encodings) and the input geometry.
 
-    col_win: np.ndarray  # (size, N, C, HU, OW) bool: column offset j won the row maximum
-    row_win: np.ndarray  # (size, N, C, OH, OW) bool: row offset i won the window maximum
+    Disjoint windows (the kernel path) fill ``arg`` and leave the masks None; overlapping windows (the
+    NumPy path) fill the masks and leave ``arg`` None.
+    """
+
+    col_win: np.ndarray | None  # (size, N, C, HU, OW) bool: column offset j won the row maximum
+    row_win: np.ndarray | None  # (size, N, C, OH, OW) bool: row offset i won the window maximum
+    arg: np.ndarray | None  # (N, C, OH, OW) uint8/int32: window offset i * size + j of the winner
     x_shape: tuple[int, int, int, int]
     dtype: np.dtype
     size: int
     stride: int
 
 
-def _max_first_wins(views: list[np.ndarray], ws: Workspace | None, stage: str
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Element-wise max over equally shaped views, and for each view a mask of where it is the first max.
-
-    Returns ``(m, win)`` with ``m`` of the views' shape and ``win`` bool of shape ``(len(views), *m.shape)``
-    (buffers of ``ws`` under ``stage`` when given); exactly one of ``win[:, idx]`` is True for every index
-    (for non-NaN data).
-    """
-    shape = views[0].shape
-    m = take(ws, stage + "_max", shape, views[0].dtype)
-    win = take(ws, stage + "_win", (len(views),) + shape, np.bool_)
-    if len(views) == 1:
-        np.copyto(m, views[0])
-        win.fill(True)
-        return m, win
-    np.maximum(views[0], views[1], out=m)
-    for v in views[2:]:
-        np.maximum(m, v, out=m)
-    if len(views) == 2:  # the common 2x2 case: one comparison instead of the general scan
-        np.greater(views[1], views[0], out=win[1])  # strict: a tie stays with the first
-        np.logical_not(win[1], out=win[0])
-        return m, win
-    taken = take(ws, stage + "_taken", shape, np.bool_)
-    free = take(ws, stage + "_free", shape, np.bool_)
-    taken.fill(False)
-    for k, v in enumerate(views):
-        np.equal(v, m, out=win[k])
-        np.logical_not(taken, out=free)
-        np.logical_and(win[k], free, out=win[k])
-        np.logical_or(taken, win[k], out=taken)
-    return m, win
+def _taker(ws: Workspace | None):
+    return None if ws is None else ws.take
 
 
 def maxpool_forward(x: np.ndarray, *, size: int = 2, stride: int = 2, ws: Workspace | None = None
@@ -83,7 +68,7 @@ def maxpool_forward(x: np.ndarray, *, size: int = 2, stride: int = 2, ws: Worksp
     stride : int, default 2
         Step between windows, >= 1; ``stride < size`` gives overlapping windows.
     ws : Workspace, optional
-        Write ``out`` and the winner masks into its buffers instead of new arrays
+        Write ``out`` and the winners into its buffers instead of new arrays
         (:mod:`refdns.layers.workspace`).
 
     Returns
@@ -91,7 +76,7 @@ def maxpool_forward(x: np.ndarray, *, size: int = 2, stride: int = 2, ws: Worksp
     out : ndarray, shape (N, C, OH, OW), dtype of x
         ``OH = (H - size) // stride + 1``, likewise OW.
     cache : MaxPoolCache
-        Winner masks (bool, new arrays unless ``ws``); no reference to ``x``.
+        The winners (new arrays unless ``ws``); no reference to ``x``.
     """
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
@@ -106,15 +91,13 @@ def maxpool_forward(x: np.ndarray, *, size: int = 2, stride: int = 2, ws: Worksp
         raise ValueError(f"size={size}: window larger than the input maps {H}x{W} of x.shape={x.shape}")
     OH = (H - size) // stride + 1
     OW = (W - size) // stride + 1
-    HU = stride * (OH - 1) + size  # rows some window touches
-    he = stride * (OH - 1) + 1
-    we = stride * (OW - 1) + 1
-    xu = x[:, :, :HU]
-    # Stage 1: max over the columns of each window, in every row a window touches: row_max (N, C, HU, OW).
-    row_max, col_win = _max_first_wins([xu[..., j : j + we : stride] for j in range(size)], ws, "rows")
-    # Stage 2: max of those row maxima over the rows of each window: out (N, C, OH, OW).
-    out, row_win = _max_first_wins([row_max[:, :, i : i + he : stride] for i in range(size)], ws, "out")
-    return out, MaxPoolCache(col_win, row_win, (N, C, H, W), x.dtype, size, stride)
+    if stride >= size:
+        out = take(ws, "out", (N, C, OH, OW), x.dtype)
+        arg = take(ws, "arg", (N, C, OH, OW), index_dtype(size))
+        kernel_maxpool(x, size, stride, out=out, arg=arg)
+        return out, MaxPoolCache(None, None, arg, (N, C, H, W), x.dtype, size, stride)
+    out, col_win, row_win = maxpool_forward_ref(x, size, stride, take=_taker(ws))
+    return out, MaxPoolCache(col_win, row_win, None, (N, C, H, W), x.dtype, size, stride)
 
 
 def maxpool_backward(dout: np.ndarray, cache: MaxPoolCache, *, ws: Workspace | None = None) -> np.ndarray:
@@ -134,35 +117,37 @@ def maxpool_backward(dout: np.ndarray, cache: MaxPoolCache, *, ws: Workspace | N
     dx : ndarray, shape (N, C, H, W)
         dL/dx; where windows overlap, an element that wins several windows receives their sum.
     """
-    col_win, row_win, (N, C, H, W), dtype, size, stride = cache
+    col_win, row_win, arg, (N, C, H, W), dtype, size, stride = cache
+    OH = (H - size) // stride + 1
+    OW = (W - size) // stride + 1
     if not isinstance(dout, np.ndarray):
         raise TypeError(f"dout: expected a numpy.ndarray, got {type(dout).__name__}")
-    if dout.shape != row_win.shape[1:]:
-        raise ValueError(f"dout.shape={dout.shape}: expected {row_win.shape[1:]}, the forward output")
+    if dout.shape != (N, C, OH, OW):
+        raise ValueError(f"dout.shape={dout.shape}: expected {(N, C, OH, OW)}, the forward output")
     if dout.dtype != dtype:
         raise TypeError(f"dout.dtype={dout.dtype}: expected {dtype}, the forward dtype")
-    OH, OW = dout.shape[2:]
+    if arg is not None:
+        return kernel_maxpool_backward(dout, arg, (N, C, H, W), size, stride,
+                                       out=take(ws, "dx", (N, C, H, W), dtype))
+    return maxpool_backward_ref(dout, col_win, row_win, (N, C, H, W), size, stride, take=_taker(ws))
+
+
+def maxpool_select(rx: np.ndarray, cache: MaxPoolCache) -> np.ndarray:
+    """Apply a forward's winner pattern to another array of the input's shape: ``rx`` at each window's winner.
+
+    Linear in ``rx`` once the winners are fixed (the R-operator of max pooling).
+    """
+    col_win, row_win, arg, (N, C, H, W), dtype, size, stride = cache
+    OH = (H - size) // stride + 1
+    OW = (W - size) // stride + 1
+    if arg is not None:
+        i, j = np.divmod(arg.astype(np.intp), size)  # (N, C, OH, OW) each
+        rows = stride * np.arange(OH)[:, None] + i
+        cols = stride * np.arange(OW) + j
+        return rx[np.arange(N)[:, None, None, None], np.arange(C)[:, None, None], rows, cols]
     HU = col_win.shape[3]
     he = stride * (OH - 1) + 1
     we = stride * (OW - 1) + 1
-    drow = take(ws, "drow", (N, C, HU, OW), dtype)  # dL/d(row maxima)
-    dx = take(ws, "dx", (N, C, H, W), dtype)
-    drow.fill(0)
-    dx.fill(0)
-    dxu = dx[:, :, :HU]
-    if stride >= size:
-        # Windows are disjoint: each offset's slice is written once, no accumulation needed.
-        for i in range(size):
-            np.multiply(dout, row_win[i], out=drow[:, :, i : i + he : stride])
-        for j in range(size):
-            np.multiply(drow, col_win[j], out=dxu[..., j : j + we : stride])
-    else:
-        tmp = take(ws, "tmp_out", dout.shape, dtype)
-        for i in range(size):
-            part = drow[:, :, i : i + he : stride]
-            np.add(part, np.multiply(dout, row_win[i], out=tmp), out=part)
-        tmp = take(ws, "tmp_rows", drow.shape, dtype)
-        for j in range(size):
-            part = dxu[..., j : j + we : stride]
-            np.add(part, np.multiply(drow, col_win[j], out=tmp), out=part)
-    return dx
+    ru = rx[:, :, :HU]
+    rows = sum(col_win[j] * ru[..., j : j + we : stride] for j in range(size))  # (N, C, HU, OW)
+    return sum(row_win[i] * rows[:, :, i : i + he : stride] for i in range(size))  # (N, C, OH, OW)

@@ -28,7 +28,6 @@ from refdns.kernels.sparse_conv import sparse_conv2d
 from refdns.layers import (
     Conv2dCache,
     DenseCache,
-    MaxPoolCache,
     SparseDenseCache,
     SparseWeight,
     Workspace,
@@ -40,6 +39,7 @@ from refdns.layers import (
     flatten_forward,
     maxpool_backward,
     maxpool_forward,
+    maxpool_select,
     relu_backward,
     relu_forward,
     sparse_dense_backward,
@@ -346,22 +346,10 @@ class MaxPool(_PatternOp):
         return maxpool_backward(dout, cache, ws=ws)
 
     def _tangent(self, rx, cache):
-        return _maxpool_select(rx, cache)
+        return maxpool_select(rx, cache)
 
     def sparse_forward(self, op, act, nxt, run):
         return SparseAct(maxpool_forward(act.h, size=op.size, stride=op.stride)[0], act.sample_major), 0
-
-
-def _maxpool_select(rx: np.ndarray, cache: MaxPoolCache) -> np.ndarray:
-    """Apply a max-pool's forward winner pattern to another array (linear once the winners are fixed)."""
-    col_win, row_win, (N, C, H, W), dtype, size, stride = cache
-    OH, OW = row_win.shape[3:]
-    HU = col_win.shape[3]
-    he = stride * (OH - 1) + 1
-    we = stride * (OW - 1) + 1
-    ru = rx[:, :, :HU]
-    rows = sum(col_win[j] * ru[..., j : j + we : stride] for j in range(size))  # (N, C, HU, OW)
-    return sum(row_win[i] * rows[:, :, i : i + he : stride] for i in range(size))  # (N, C, OH, OW)
 
 
 class Relu(_PatternOp):

@@ -23,7 +23,7 @@ def _conv(x, w, b, ws, layout):
 
 def _pool(x, ws, size, stride):
     out, cache = maxpool_forward(x, size=size, stride=stride, ws=ws)
-    return out, cache.col_win, cache.row_win, maxpool_backward(out * 0.5 - 1, cache, ws=ws)
+    return out, cache.col_win, cache.row_win, cache.arg, maxpool_backward(out * 0.5 - 1, cache, ws=ws)
 
 
 @pytest.mark.parametrize("layout", ["batch_first", "batch_last"])

@@ -45,8 +45,8 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, name: str, out_dir: Path, title: str) -> Figure:
-    fig.suptitle(title)
+def _save(plt, fig, name: str, out_dir: Path, title: str, title_size: str = "large") -> Figure:
+    fig.suptitle(title, fontsize=title_size)
     fig.tight_layout()
     path = out_dir / f"{name}.png"
     write_figure(path, fig, dpi=100)
@@ -180,7 +180,7 @@ def sweep_figure(table: dict[str, Any], out_dir: str | Path) -> Figure:
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 5))
     kinds = [("test_error", "test error")]
     if table["select_on"] == "validation":
         kinds.insert(0, ("validation_error", "validation error"))
@@ -199,6 +199,7 @@ def sweep_figure(table: dict[str, Any], out_dir: str | Path) -> Figure:
             text = ", ".join(f"{'.'.join(k.split('.')[-2:])}={v}" for k, v in p["values"].items())
             ax.annotate(text, (100 * st["kept_fraction"]["mean"], 100 * st["test_error"]["mean"]),
                         fontsize="x-small", xytext=(4, 4), textcoords="offset points")
+    ax.margins(x=0.2)  # room for the point labels at the right edge
     ax.set_xlabel("kept connections (% of the net)")
     ax.set_ylabel("error (%), mean ± sd over seeds")
     ax.legend()
@@ -208,7 +209,7 @@ def sweep_figure(table: dict[str, Any], out_dir: str | Path) -> Figure:
     if order:
         data = f"; data order {order['data_order']}" + (f", draws {order['draws']}" if "draws" in order else "")
     title = f"sweep of {table['net']} ({table['method']}), {n} seed(s){data}"
-    return _save(plt, fig, "sweep", out_dir, f"{title}\n{PROTOCOL_LABEL[table['select_on']]}")
+    return _save(plt, fig, "sweep", out_dir, f"{title}\n{PROTOCOL_LABEL[table['select_on']]}", title_size="medium")
 
 
 def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path) -> list[Figure]:

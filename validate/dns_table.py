@@ -13,9 +13,10 @@ A missed target is reported with the gap and what the sweep covered, never loose
 
 Run: ``python validate/dns_table.py --data-dir DIR [--quick] [--nets lenet-300-100,lenet-5] [--workers N]
 [--out DIR] [--scheduler ADDRESS]``. Writes ``<out>/dns_table.{md,json}`` and each sweep's folder (resumable:
-run it again after an interruption). Cost of the full mode (5 seeds, the recipes' surgery lengths: 40,000
-iterations for LeNet-300-100, 20,000 for LeNet-5): 90 LeNet-300-100 runs (~1.5 h on 2 cores at ~2 ms a step)
-and 45 LeNet-5 runs (~5 h on 2 cores at ~40 ms a step), plus one dense net per seed and net. ``--quick`` runs LeNet-300-100
+run it again after an interruption; a run with every point finished only rewrites the tables). Cost of the full
+mode (5 seeds, the recipes' surgery lengths: 40,000 iterations for LeNet-300-100, 20,000 for LeNet-5), measured
+with 2 workers on 2 quiet cores: a LeNet-300-100 run takes about 70 s, so its 90 runs about 55 min; a LeNet-5
+run about 11 min, so its 45 runs about 4 h; plus one dense net per seed, net and protocol (about 25 s and 5 min). ``--quick`` runs LeNet-300-100
 with 300 + 300 iterations, 2 seeds and 2 points: it shows the machinery, not the paper's numbers.
 """
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from refdns import sweep as sw
 from refdns.atomic import write_text
 from refdns.runfile import loads
-from refdns.stats import pm
+from refdns.stats import describe, pm
 
 TARGETS = {"lenet-300-100": (0.018, 0.0199), "lenet-5": (0.009, 0.0091)}  # (kept fraction, mean test error)
 
@@ -56,6 +57,20 @@ def choose(table: dict, kept_target: float) -> dict | None:
     """The point with the lowest mean validation error among those meeting the kept target (mean)."""
     ok = [p for p in table["points"] if p["statistics"]["kept_fraction"]["mean"] <= kept_target]
     return min(ok, key=lambda p: p["statistics"]["validation_error"]["mean"]) if ok else None
+
+
+def run_times(sweep_dir: Path) -> dict:
+    """The wall time of each finished point run, from its file in ``points/`` (dense phases not included).
+
+    Each is one run's own wall time: it counts any time the machine was shared, or the job stopped."""
+    secs = sorted(json.loads(f.read_text())["row"]["seconds"] for f in (sweep_dir / "points").glob("*.json"))
+    return {"runs": len(secs), "median": secs[len(secs) // 2] if secs else None, "sum": sum(secs)}
+
+
+def dense_errors(table: dict) -> dict:
+    """Mean ± sd of the dense nets' test error over the seeds (one dense net per seed, shared by the points)."""
+    by_seed = {r["seed"]: r["dense_test_error"] for p in table["points"] for r in p["rows"]}
+    return describe([by_seed[k] for k in sorted(by_seed)])
 
 
 def main(argv=None) -> int:
@@ -102,7 +117,8 @@ def main(argv=None) -> int:
             finally:
                 engine.close()
             entry[protocol] = {"table": table, "seconds": time.perf_counter() - t0,
-                               "points": len(s.points()), "seeds": list(s.seeds)}
+                               "points": len(s.points()), "seeds": list(s.seeds),
+                               "run_times": run_times(out / f"{net}-{protocol}"), "dense_test_error": dense_errors(table)}
         val = entry["validation"]["table"]
         chosen = choose(val, kept_target)
         paper = entry["paper"]["table"]["points"][0]["statistics"]
@@ -121,8 +137,19 @@ def main(argv=None) -> int:
                        f"{100 * err_target:.2f}% (gap {100 * gap:+.2f} points)")
         md.append(f"| test set (the paper's protocol: refdns recipe, tuned on test) | recipe | "
                   f"{len(paper['seeds'])} | - | {pm(paper['test_error'])} | {pm(paper['kept_fraction'], digits=3)} |")
-        md += ["", verdict, "", f"sweep: {entry['validation']['points']} points x {len(entry['validation']['seeds'])} seeds, "
-               f"{entry['validation']['seconds']:.0f} s wall; grid {json.dumps(grid)}", ""]
+        rt = entry["validation"]["run_times"]
+        kept_gap, err_gap = paper["kept_fraction"]["mean"] - kept_target, paper["test_error"]["mean"] - err_target
+        paper_verdict = (f"paper protocol: kept {pm(paper['kept_fraction'], digits=3)} "
+                         f"({'met' if kept_gap <= 0 else f'missed by {100 * kept_gap:.3f} points'}), test error "
+                         f"{pm(paper['test_error'])} ({'met' if err_gap <= 0 else f'missed by {100 * err_gap:.2f} points'})")
+        md += ["", f"validation protocol: {verdict}", "", paper_verdict, "",
+               f"sweep: {entry['validation']['points']} points x {len(entry['validation']['seeds'])} seeds; grid "
+               f"{json.dumps(grid)}; every point's mean and sd: `{net}-validation/table.md`",
+               f"- dense nets (one per seed): {pm(entry['validation']['dense_test_error'])} test error on 50,000 "
+               f"training images, {pm(entry['paper']['dense_test_error'])} on 60,000 (paper protocol)",
+               f"- pruning runs: {rt['runs']}, median {rt['median']:.0f} s each (single-run wall times, dense "
+               f"phases not included); this invocation {entry['validation']['seconds'] + entry['paper']['seconds']:.0f} s "
+               "wall (points finished earlier are not rerun)", ""]
         report["nets"][net] = entry | {"chosen": chosen}
     write_text(out / "dns_table.json", json.dumps(report, indent=1, sort_keys=True) + "\n")
     write_text(out / "dns_table.md", "\n".join(md) + "\n")

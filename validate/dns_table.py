@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ def run_times(sweep_dir: Path) -> dict:
 
     Each is one run's own wall time: it counts any time the machine was shared, or the job stopped."""
     secs = sorted(json.loads(f.read_text())["row"]["seconds"] for f in (sweep_dir / "points").glob("*.json"))
-    return {"runs": len(secs), "median": secs[len(secs) // 2] if secs else None, "sum": sum(secs)}
+    return {"runs": len(secs), "median": statistics.median(secs) if secs else None, "sum": sum(secs)}
 
 
 def dense_errors(table: dict) -> dict:
